@@ -1,0 +1,176 @@
+//! `imagepipe`: plan and run CSV → image pipelines on one machine, and list the model catalog.
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use imagepipe::catalog::Catalog;
+use imagepipe::local::{LocalRun, report_path};
+use imagepipe::provider;
+use imagepipe::retry::RetryPolicy;
+use imagepipe::template::{Template, TemplateSet};
+use imagepipe::usecase::plan::plan_csv;
+
+/// Exit code: the run finished but some rows failed or were invalid.
+const EXIT_INCOMPLETE: u8 = 1;
+/// Exit code: the run could not start (usage, configuration, unreadable input).
+const EXIT_CANNOT_START: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "imagepipe", version, about = "Turn a CSV of rows into AI-generated images")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log more (repeat for debug); logs go to stderr.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(clap::Args)]
+struct Input {
+    /// The CSV file (UTF-8, header row first).
+    csv: PathBuf,
+    /// Template name (see the templates file).
+    #[arg(short, long)]
+    template: String,
+    /// Templates TOML file; the built-in templates when absent.
+    #[arg(long, env = "IMAGEPIPE_TEMPLATES")]
+    templates: Option<PathBuf>,
+    /// Model from the catalog; the template's model when absent.
+    #[arg(short, long)]
+    model: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a CSV against a template and show what a run would cost.
+    Plan(Input),
+    /// Generate one image per valid row, locally.
+    Run {
+        #[command(flatten)]
+        input: Input,
+        /// Provider to call; the model's catalog provider when absent (`placeholder` works offline).
+        #[arg(short, long)]
+        provider: Option<String>,
+        /// Output directory: images under images/, reports under runs/.
+        #[arg(short, long, default_value = "out")]
+        out: PathBuf,
+        /// Provider calls in flight at once.
+        #[arg(short, long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        concurrency: u16,
+        /// Attempts per row, the first included.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=20))]
+        max_attempts: u32,
+        /// Seconds one provider call may take.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
+    /// List the model catalog with prices.
+    Models {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_CANNOT_START)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    output::init_logging(cli.verbose);
+    match execute(cli.command).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_CANNOT_START)
+        }
+    }
+}
+
+async fn execute(command: Command) -> anyhow::Result<ExitCode> {
+    let catalog = Catalog::builtin();
+    match command {
+        Command::Models { json } => {
+            output::models(&catalog, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan(input) => {
+            let template = load_template(&input)?;
+            let file = input.csv.display().to_string();
+            let csv = std::fs::File::open(&input.csv).with_context(|| format!("cannot read {file}"))?;
+            let plan = plan_csv(
+                std::io::BufReader::new(csv),
+                &file,
+                &template,
+                input.model.as_deref(),
+                &catalog,
+            )?;
+            output::plan(&plan, input.json)?;
+            Ok(if plan.invalid == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_INCOMPLETE)
+            })
+        }
+        Command::Run {
+            input,
+            provider,
+            out,
+            concurrency,
+            max_attempts,
+            timeout_secs,
+        } => {
+            let template = load_template(&input)?;
+            let model_name = input.model.as_deref().unwrap_or(&template.model);
+            let model = catalog.model(model_name)?;
+            let provider_name = provider.unwrap_or_else(|| model.provider.clone());
+            let provider =
+                provider::from_env(&provider_name).with_context(|| format!("model {model_name} cannot run"))?;
+            let run = LocalRun {
+                csv: input.csv.clone(),
+                model: input.model.clone(),
+                template,
+                catalog,
+                provider,
+                out_dir: out,
+                concurrency: concurrency.into(),
+                retry: RetryPolicy {
+                    max_attempts,
+                    ..RetryPolicy::default()
+                },
+                timeout: Duration::from_secs(timeout_secs),
+            };
+            let bar = output::progress_bar(input.json);
+            let report = run.run(|done, total| bar.update(done, total)).await?;
+            bar.finish();
+            output::report(&report, &report_path(&run.out_dir, &report.run_id), input.json)?;
+            Ok(if report.failed + report.invalid == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_INCOMPLETE)
+            })
+        }
+    }
+}
+
+fn load_template(input: &Input) -> anyhow::Result<Template> {
+    Ok(TemplateSet::load(input.templates.as_deref())?
+        .get(&input.template)?
+        .clone())
+}

@@ -1,0 +1,170 @@
+//! What the CLI prints: text for people, JSON with `--json`, a progress bar on a terminal.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+use imagepipe::catalog::Catalog;
+use imagepipe::report::RunReport;
+use imagepipe::usecase::plan::Plan;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Logs to stderr; `-v` for info, `-vv` for debug; `RUST_LOG` overrides.
+pub fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// A progress bar on stderr when it is a terminal and output is not JSON; otherwise nothing.
+pub struct Bar(Option<ProgressBar>);
+
+pub fn progress_bar(json: bool) -> Bar {
+    if json || !std::io::stderr().is_terminal() {
+        return Bar(None);
+    }
+    let bar = ProgressBar::new(0);
+    let style = ProgressStyle::with_template("{bar:40} {pos}/{len} rows  {per_sec}  eta {eta}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    Bar(Some(bar))
+}
+
+impl Bar {
+    pub fn update(&self, done: u64, total: u64) {
+        if let Some(bar) = &self.0 {
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+pub fn models(catalog: &Catalog, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(catalog);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<18} {:<12} {:<34} {:>9} {:>9}  use for",
+        "MODEL", "PROVIDER", "PROVIDER MODEL", "$/IMAGE", "BATCH"
+    )?;
+    for (name, m) in &catalog.models {
+        let batch = m.batch_price_per_image.map_or("-".to_owned(), |p| format!("{p:.4}"));
+        writeln!(
+            out,
+            "{name:<18} {:<12} {:<34} {:>9.4} {batch:>9}  {}",
+            m.provider, m.provider_model, m.price_per_image, m.use_for
+        )?;
+    }
+    writeln!(
+        out,
+        "\nList prices in {} as of {}.",
+        catalog.currency, catalog.prices_as_of
+    )?;
+    Ok(())
+}
+
+pub fn plan(plan: &Plan, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(plan);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{}: template {}, model {} ({}), {}",
+        plan.file, plan.template, plan.model, plan.provider, plan.size
+    )?;
+    writeln!(
+        out,
+        "rows {}  valid {}  invalid {}",
+        plan.rows, plan.valid, plan.invalid
+    )?;
+    for invalid in &plan.invalid_rows {
+        writeln!(out, "  row {}: {}", invalid.row, invalid.reason)?;
+    }
+    writeln!(out, "\nsample prompts:")?;
+    for prompt in &plan.sample_prompts {
+        writeln!(out, "  {prompt}")?;
+    }
+    writeln!(
+        out,
+        "\nestimated provider cost: ${:.2} ({} images × ${})",
+        plan.estimated_cost_usd, plan.valid, plan.price_per_image
+    )?;
+    writeln!(out, "\n{} at scale:", plan.model)?;
+    for (images, cost) in &plan.cost_at_scale {
+        writeln!(out, "  {images:>7} images  ${cost:>10.2}")?;
+    }
+    writeln!(
+        out,
+        "\nthis run ({} images) on every model (prices as of {}):",
+        plan.valid, plan.prices_as_of
+    )?;
+    for line in &plan.cost_for_this_run {
+        let batch = line
+            .batch_cost_usd
+            .map_or(String::new(), |c| format!("  (batch API ${c:.2})"));
+        writeln!(
+            out,
+            "  {:<18} {:<12} ${:>10.2}{batch}",
+            line.model, line.provider, line.cost_usd
+        )?;
+    }
+    Ok(())
+}
+
+pub fn report(report: &RunReport, path: &Path, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(report);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{}: {}/{} succeeded, {} failed, {} invalid ({} reused) in {:.1}s",
+        report.run_id,
+        report.succeeded,
+        report.rows,
+        report.failed,
+        report.invalid,
+        report.reused,
+        report.duration_secs
+    )?;
+    writeln!(
+        out,
+        "cost: ${:.4} (estimated ${:.4})",
+        report.actual_cost_usd, report.estimated_cost_usd
+    )?;
+    for f in &report.failures {
+        writeln!(
+            out,
+            "  failed  row {} ({}): {} [{} attempts]",
+            f.row, f.key, f.reason, f.attempts
+        )?;
+    }
+    for i in &report.invalid_rows {
+        writeln!(out, "  invalid row {}: {}", i.row, i.reason)?;
+    }
+    writeln!(out, "report: {}", path.display())?;
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! Adapters of the ports: local (filesystem) and, with the `aws` feature, S3 and SQS.
+
+pub mod fs_store;

@@ -1,0 +1,125 @@
+//! The model catalog: model name -> provider, provider model id and dated list price.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The catalog shipped with imagepipe.
+pub const CATALOG_TOML: &str = include_str!("../../catalog/models.toml");
+
+/// One model a template can name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInfo {
+    /// Provider that serves it: gemini, seedream, openai, bedrock, placeholder.
+    pub provider: String,
+    /// The id the provider's API expects.
+    pub provider_model: String,
+    /// Quality tier passed to providers that take one (OpenAI `quality`, Bedrock `quality`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<String>,
+    /// List price of one image, USD.
+    pub price_per_image: f64,
+    /// Price through the provider's batch API, where there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_price_per_image: Option<f64>,
+    /// What the model is good for.
+    #[serde(default)]
+    pub use_for: String,
+}
+
+/// All models with the date their prices were checked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Catalog {
+    pub prices_as_of: String,
+    pub currency: String,
+    pub models: BTreeMap<String, ModelInfo>,
+}
+
+/// The model name is not in the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown model {name:?}; known models: {}", known.join(", "))]
+pub struct UnknownModel {
+    pub name: String,
+    pub known: Vec<String>,
+}
+
+/// The row counts the cost table is computed for.
+pub const COST_TABLE_SIZES: [u64; 4] = [100, 1_000, 10_000, 100_000];
+
+impl Catalog {
+    /// The shipped catalog.
+    pub fn builtin() -> Self {
+        toml::from_str(CATALOG_TOML).expect("built-in catalog is valid")
+    }
+
+    /// The model called `name`.
+    pub fn model(&self, name: &str) -> Result<&ModelInfo, UnknownModel> {
+        self.models.get(name).ok_or_else(|| UnknownModel {
+            name: name.to_owned(),
+            known: self.models.keys().cloned().collect(),
+        })
+    }
+
+    /// Provider cost of `images` images for every model, cheapest first.
+    pub fn cost_table(&self, images: u64) -> Vec<CostLine> {
+        let mut lines: Vec<CostLine> = self
+            .models
+            .iter()
+            .map(|(name, m)| CostLine {
+                model: name.clone(),
+                provider: m.provider.clone(),
+                price_per_image: m.price_per_image,
+                cost_usd: m.price_per_image * images as f64,
+                batch_cost_usd: m.batch_price_per_image.map(|p| p * images as f64),
+            })
+            .collect();
+        lines.sort_by(|a, b| a.cost_usd.total_cmp(&b.cost_usd).then_with(|| a.model.cmp(&b.model)));
+        lines
+    }
+}
+
+/// One model's cost for a given number of images.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CostLine {
+    pub model: String,
+    pub provider: String,
+    pub price_per_image: f64,
+    pub cost_usd: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_cost_usd: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_catalog_has_the_required_models_with_dated_prices() {
+        let catalog = Catalog::builtin();
+        assert!(!catalog.prices_as_of.is_empty());
+        for name in ["nano-banana-2", "nano-banana-pro", "seedream-5", "placeholder"] {
+            catalog.model(name).unwrap();
+        }
+        assert_eq!(
+            catalog.model("nano-banana-pro").unwrap().provider_model,
+            "gemini-3-pro-image-preview"
+        );
+    }
+
+    #[test]
+    fn cost_table_multiplies_price_by_count() {
+        let table = Catalog::builtin().cost_table(1_000);
+        let pro = table.iter().find(|l| l.model == "nano-banana-pro").unwrap();
+        assert!((pro.cost_usd - 134.0).abs() < 1e-9);
+        assert!((pro.batch_cost_usd.unwrap() - 67.0).abs() < 1e-9);
+        assert!(table.windows(2).all(|w| w[0].cost_usd <= w[1].cost_usd));
+    }
+
+    #[test]
+    fn unknown_model_lists_known_ones() {
+        let err = Catalog::builtin().model("dall-e-9").unwrap_err().to_string();
+        assert!(err.contains("dall-e-9") && err.contains("nano-banana-2"), "{err}");
+    }
+}

@@ -1,0 +1,19 @@
+//! imagepipe: CSV rows in, AI-generated images out.
+//!
+//! The domain (templates, rows, keys, jobs, reports), the use cases (plan, generate, run) written
+//! against small ports (object store, image provider), and the adapters that implement the ports.
+
+pub mod adapters;
+pub mod catalog;
+pub mod image_format;
+pub mod job;
+pub mod key;
+pub mod local;
+pub mod pattern;
+pub mod provider;
+pub mod report;
+pub mod retry;
+pub mod rows;
+pub mod store;
+pub mod template;
+pub mod usecase;

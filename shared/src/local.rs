@@ -1,0 +1,269 @@
+//! The whole pipeline in one process: plan, then stream jobs to a bounded pool of workers that
+//! generate with retries, then write the report. Used by `imagepipe run`.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::adapters::fs_store::FsObjectStore;
+use crate::catalog::{Catalog, ModelInfo};
+use crate::job::{Job, run_id};
+use crate::provider::ImageProvider;
+use crate::report::{FailureEntry, ImageEntry, ReportBuilder, RunReport};
+use crate::retry::RetryPolicy;
+use crate::rows::{CsvError, RowOutcome, RowReader};
+use crate::store::{NewObject, ObjectStore};
+use crate::template::Template;
+use crate::usecase::generate::{JobError, generate_image};
+use crate::usecase::plan::{Plan, PlanError, plan_csv};
+
+/// Everything a local run needs.
+pub struct LocalRun {
+    pub csv: PathBuf,
+    pub template: Template,
+    /// Model override; the template's model otherwise.
+    pub model: Option<String>,
+    pub catalog: Catalog,
+    pub provider: Arc<dyn ImageProvider>,
+    pub out_dir: PathBuf,
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+    /// Per provider call.
+    pub timeout: Duration,
+}
+
+/// Why a run could not start (nothing was generated) or could not record its report.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot read {file}: {source}")]
+    Read { file: String, source: std::io::Error },
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("{0}")]
+    Input(#[from] CsvError),
+    #[error("cannot write the report: {0}")]
+    Report(String),
+}
+
+impl LocalRun {
+    /// Plans the run without generating anything.
+    pub fn plan(&self) -> Result<Plan, RunError> {
+        let file = self.csv.display().to_string();
+        Ok(plan_csv(
+            self.open()?,
+            &file,
+            &self.template,
+            self.model.as_deref(),
+            &self.catalog,
+        )?)
+    }
+
+    fn open(&self) -> Result<BufReader<File>, RunError> {
+        let file = File::open(&self.csv).map_err(|source| self.read_error(source))?;
+        Ok(BufReader::with_capacity(64 * 1024, file))
+    }
+
+    fn read_error(&self, source: std::io::Error) -> RunError {
+        RunError::Read {
+            file: self.csv.display().to_string(),
+            source,
+        }
+    }
+
+    /// Runs the pipeline and writes `<out>/runs/<run_id>/report.json`; `progress` is called once per
+    /// finished row with (rows done, rows to do).
+    pub async fn run(&self, progress: impl Fn(u64, u64)) -> Result<RunReport, RunError> {
+        let started = Instant::now();
+        let plan = self.plan()?;
+        let model = self.catalog.model(&plan.model).map_err(PlanError::from)?.clone();
+        let run_id = run_id(&[&self.content_digest()?, &plan.template, &plan.model]);
+        let store = FsObjectStore::new(&self.out_dir);
+        let mut report = ReportBuilder::new(
+            &run_id,
+            &plan.file,
+            &plan.template,
+            &plan.model,
+            self.provider.name(),
+            plan.estimated_cost_usd,
+        );
+        for invalid in plan.invalid_rows.iter().cloned() {
+            report.invalid(invalid);
+        }
+        tracing::info!(%run_id, rows = plan.rows, valid = plan.valid, invalid = plan.invalid, "run started");
+
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(self.concurrency * 2);
+        let reader = self.spawn_reader(run_id.clone(), plan.model.clone(), jobs_tx)?;
+        let stopped = AtomicBool::new(false);
+        let worker = Worker {
+            model: &model,
+            store: &store,
+            provider: self.provider.as_ref(),
+            run: self,
+            stopped: &stopped,
+        };
+        let jobs = futures::stream::unfold(jobs_rx, |mut rx| async move { rx.recv().await.map(|job| (job, rx)) });
+        let outcomes = jobs
+            .map(|job| worker.process(job))
+            .buffer_unordered(self.concurrency.max(1));
+        let mut outcomes = std::pin::pin!(outcomes);
+        let mut done = 0;
+        while let Some(outcome) = outcomes.next().await {
+            match outcome {
+                Ok(image) => report.image(image),
+                Err(failure) => report.failure(failure),
+            }
+            done += 1;
+            progress(done, plan.valid);
+        }
+        match reader.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e.into()),
+            Err(e) => return Err(RunError::Report(format!("CSV reader stopped: {e}"))),
+        }
+        let report = report.finish(started.elapsed().as_secs_f64());
+        self.write_report(&store, &report).await?;
+        tracing::info!(%run_id, succeeded = report.succeeded, failed = report.failed, invalid = report.invalid, "run finished");
+        Ok(report)
+    }
+
+    /// Streams the CSV again on a blocking thread, sending valid rows as jobs (back-pressured by the channel).
+    fn spawn_reader(
+        &self,
+        run_id: String,
+        model: String,
+        jobs: mpsc::Sender<Job>,
+    ) -> Result<tokio::task::JoinHandle<Result<(), CsvError>>, RunError> {
+        let input = self.open()?;
+        let (file, template) = (self.csv.display().to_string(), self.template.clone());
+        Ok(tokio::task::spawn_blocking(move || {
+            let mut rows = RowReader::open(input, &file, &template)?;
+            while let Some(row) = rows.next_row() {
+                if let RowOutcome::Valid(row) = row?
+                    && jobs
+                        .blocking_send(Job::from_row(&run_id, &model, template.size, row))
+                        .is_err()
+                {
+                    break; // the run stopped consuming
+                }
+            }
+            Ok(())
+        }))
+    }
+
+    fn content_digest(&self) -> Result<String, RunError> {
+        let mut input = self.open()?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0; 64 * 1024];
+        loop {
+            let n = input.read(&mut buf).map_err(|e| self.read_error(e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(hex::encode(hasher.finalize()))
+    }
+
+    async fn write_report(&self, store: &FsObjectStore, report: &RunReport) -> Result<(), RunError> {
+        let body = serde_json::to_vec_pretty(report).map_err(|e| RunError::Report(e.to_string()))?;
+        let object = NewObject {
+            body: body.into(),
+            content_type: "application/json".into(),
+            cache_control: None,
+            metadata: vec![],
+        };
+        store
+            .put(&report_key(&report.run_id), object)
+            .await
+            .map_err(|e| RunError::Report(e.to_string()))
+    }
+}
+
+/// Where a run's report is stored, relative to the output root or bucket.
+pub fn report_key(run_id: &str) -> String {
+    format!("runs/{run_id}/report.json")
+}
+
+/// The local path of a run's report.
+pub fn report_path(out_dir: &Path, run_id: &str) -> PathBuf {
+    out_dir.join(report_key(run_id))
+}
+
+struct Worker<'a> {
+    model: &'a ModelInfo,
+    store: &'a FsObjectStore,
+    provider: &'a dyn ImageProvider,
+    run: &'a LocalRun,
+    stopped: &'a AtomicBool,
+}
+
+impl Worker<'_> {
+    /// One job with retries: retryable errors wait (full jitter, Retry-After as a floor) and try again.
+    async fn process(&self, job: Job) -> Result<ImageEntry, FailureEntry> {
+        let mut attempt = 0;
+        loop {
+            if self.stopped.load(Ordering::Relaxed) {
+                return Err(failure(
+                    &job,
+                    attempt,
+                    "not attempted: the run stopped after the provider refused its credentials".into(),
+                ));
+            }
+            attempt += 1;
+            match generate_image(&job, self.model, self.store, self.provider, self.run.timeout).await {
+                Ok(generated) => {
+                    return Ok(ImageEntry {
+                        row: job.row,
+                        key: job.key.to_string(),
+                        path: self
+                            .store
+                            .path_of(&generated.object_key)
+                            .map_or(generated.object_key.clone(), |p| p.display().to_string()),
+                        content_type: generated.content_type,
+                        bytes: generated.bytes,
+                        width: generated.width,
+                        height: generated.height,
+                        reused: generated.reused,
+                        cost_usd: generated.cost_usd,
+                    });
+                }
+                Err(error) if error.is_retryable() && self.run.retry.allows_another(attempt) => {
+                    let wait = self.run.retry.delay(attempt, error.retry_after());
+                    tracing::warn!(row = job.row, attempt, ?wait, %error, "retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(error) => {
+                    if error.stops_run() {
+                        self.stopped.store(true, Ordering::Relaxed);
+                    }
+                    tracing::warn!(row = job.row, attempt, %error, "row failed");
+                    return Err(failure(&job, attempt, reason(&error, attempt)));
+                }
+            }
+        }
+    }
+}
+
+fn reason(error: &JobError, attempts: u32) -> String {
+    if error.is_retryable() {
+        format!("{error} (gave up after {attempts} attempts)")
+    } else {
+        error.to_string()
+    }
+}
+
+fn failure(job: &Job, attempts: u32, reason: String) -> FailureEntry {
+    FailureEntry {
+        row: job.row,
+        key: job.key.to_string(),
+        reason,
+        attempts,
+    }
+}

@@ -1,0 +1,130 @@
+//! Generate: one job → one stored image, paying the provider at most once per image.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::catalog::ModelInfo;
+use crate::image_format::{self, NotAnImage};
+use crate::job::Job;
+use crate::provider::{ImageProvider, ImageRequest, ProviderError};
+use crate::store::{IMAGE_CACHE_CONTROL, NewObject, ObjectStore, StoreError, image_key};
+
+/// A job's image is in the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    /// Object key of the image (`images/<key>.<ext>`).
+    pub object_key: String,
+    pub content_type: String,
+    pub bytes: u64,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// The image already existed; the provider was not called.
+    pub reused: bool,
+    /// What this call cost (0 when reused).
+    pub cost_usd: f64,
+}
+
+/// Why a job did not produce an image.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    NotAnImage(#[from] NotAnImage),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl JobError {
+    /// Whether trying again later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Provider(e) => e.is_retryable(),
+            Self::Store(e) => e.is_retryable(),
+            Self::NotAnImage(_) | Self::Invalid(_) => false,
+        }
+    }
+
+    /// The wait the provider asked for.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Provider(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+
+    /// Whether no further job of the run can succeed (bad credentials).
+    pub fn stops_run(&self) -> bool {
+        matches!(self, Self::Provider(e) if e.stops_run())
+    }
+}
+
+/// Makes the image for `job` unless it already exists: provider call, image check, create-if-absent write.
+#[tracing::instrument(skip_all, fields(run_id = %job.run_id, row = job.row, key = %job.key))]
+pub async fn generate_image<S: ObjectStore>(
+    job: &Job,
+    model: &ModelInfo,
+    store: &S,
+    provider: &dyn ImageProvider,
+    timeout: Duration,
+) -> Result<Generated, JobError> {
+    if let Some(existing) = store.find_image(job.key.as_str()).await? {
+        tracing::info!(object_key = %existing.key, "image exists; provider not called");
+        return Ok(Generated {
+            object_key: existing.key,
+            content_type: existing.content_type,
+            bytes: existing.size,
+            width: None,
+            height: None,
+            reused: true,
+            cost_usd: 0.0,
+        });
+    }
+    let request = ImageRequest {
+        provider_model: model.provider_model.clone(),
+        quality: model.quality.clone(),
+        prompt: job.prompt.clone(),
+        size: job.size,
+        references: job.references.clone(),
+        seed: job.seed(),
+        timeout,
+    };
+    let image = provider.generate(&request).await?;
+    let info = image_format::inspect(&image.bytes)?;
+    let object_key = image_key(job.key.as_str(), info.format);
+    let bytes = image.bytes.len() as u64;
+    store
+        .put_if_absent(
+            &object_key,
+            image_object(job, &model.provider_model, info.format.content_type(), image.bytes),
+        )
+        .await?;
+    Ok(Generated {
+        object_key,
+        content_type: info.format.content_type().to_owned(),
+        bytes,
+        width: Some(info.width),
+        height: Some(info.height),
+        reused: false,
+        cost_usd: image.reported_cost_usd.unwrap_or(model.price_per_image),
+    })
+}
+
+/// The stored object: immutable caching and ASCII-only metadata (the prompt goes in as its hash).
+fn image_object(job: &Job, provider_model: &str, content_type: &str, body: Bytes) -> NewObject {
+    NewObject {
+        body,
+        content_type: content_type.to_owned(),
+        cache_control: Some(IMAGE_CACHE_CONTROL.to_owned()),
+        metadata: vec![
+            ("run-id".into(), job.run_id.clone()),
+            ("row".into(), job.row.to_string()),
+            ("model".into(), job.model.clone()),
+            ("provider-model".into(), provider_model.to_owned()),
+            ("prompt-sha256".into(), job.prompt_sha256()),
+        ],
+    }
+}

@@ -1,0 +1,92 @@
+//! Plan: read the whole CSV once, validate every row, and price the run before anything is generated.
+
+use std::io::Read;
+
+use serde::Serialize;
+
+use crate::catalog::{COST_TABLE_SIZES, Catalog, CostLine, UnknownModel};
+use crate::rows::{CsvError, InvalidRow, RowOutcome, RowReader};
+use crate::template::{ImageSize, Template};
+
+/// How many rendered prompts a plan shows.
+pub const SAMPLE_PROMPTS: usize = 3;
+
+/// What a run of this CSV would do and cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub file: String,
+    pub template: String,
+    pub model: String,
+    pub provider: String,
+    pub size: ImageSize,
+    pub rows: u64,
+    pub valid: u64,
+    pub invalid: u64,
+    pub invalid_rows: Vec<InvalidRow>,
+    pub sample_prompts: Vec<String>,
+    pub price_per_image: f64,
+    pub estimated_cost_usd: f64,
+    pub prices_as_of: String,
+    /// Provider cost of this run's valid rows on every catalog model.
+    pub cost_for_this_run: Vec<CostLine>,
+    /// The chosen model's cost at 100 / 1,000 / 10,000 / 100,000 images.
+    pub cost_at_scale: Vec<(u64, f64)>,
+}
+
+/// Why a plan could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Csv(#[from] CsvError),
+    #[error(transparent)]
+    UnknownModel(#[from] UnknownModel),
+}
+
+/// Reads `input` (named `file`) with `template`, pricing it for `model` (default: the template's).
+pub fn plan_csv<R: Read>(
+    input: R,
+    file: &str,
+    template: &Template,
+    model: Option<&str>,
+    catalog: &Catalog,
+) -> Result<Plan, PlanError> {
+    let model = model.unwrap_or(&template.model);
+    let info = catalog.model(model)?;
+    let mut reader = RowReader::open(input, file, template)?;
+    let (mut valid, mut invalid_rows, mut sample_prompts) = (0u64, Vec::new(), Vec::new());
+    while let Some(outcome) = reader.next_row() {
+        match outcome? {
+            RowOutcome::Valid(row) => {
+                valid += 1;
+                if sample_prompts.len() < SAMPLE_PROMPTS {
+                    sample_prompts.push(row.prompt);
+                }
+            }
+            RowOutcome::Invalid(row) => invalid_rows.push(row),
+        }
+    }
+    let rows = reader.rows_read();
+    if rows == 0 {
+        return Err(CsvError::NoRows { file: file.to_owned() }.into());
+    }
+    Ok(Plan {
+        file: file.to_owned(),
+        template: template.name.clone(),
+        model: model.to_owned(),
+        provider: info.provider.clone(),
+        size: template.size,
+        rows,
+        valid,
+        invalid: invalid_rows.len() as u64,
+        invalid_rows,
+        sample_prompts,
+        price_per_image: info.price_per_image,
+        estimated_cost_usd: info.price_per_image * valid as f64,
+        prices_as_of: catalog.prices_as_of.clone(),
+        cost_for_this_run: catalog.cost_table(valid),
+        cost_at_scale: COST_TABLE_SIZES
+            .iter()
+            .map(|&n| (n, info.price_per_image * n as f64))
+            .collect(),
+    })
+}
