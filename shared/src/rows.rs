@@ -209,3 +209,113 @@ fn whole_file_error(file: &str, row: u64, e: csv::Error) -> CsvError {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::template::TemplateSet;
+
+    const TEMPLATES: &str = r#"
+        [templates.hero]
+        prompt = "Photo: {name}, {color}"
+        model = "placeholder"
+        key = "{sku}"
+        [templates.edit]
+        prompt = "Restyle {name}"
+        model = "placeholder"
+        key = "{sku}"
+        source_image = "image_url"
+    "#;
+
+    fn read_all(csv: &[u8], template: &str) -> Result<Vec<RowOutcome>, CsvError> {
+        let set = TemplateSet::from_toml(TEMPLATES, "t.toml").unwrap();
+        let mut reader = RowReader::open(csv, "in.csv", set.get(template).unwrap())?;
+        std::iter::from_fn(|| reader.next_row()).collect()
+    }
+
+    fn valid(outcome: &RowOutcome) -> &RenderedRow {
+        match outcome {
+            RowOutcome::Valid(row) => row,
+            RowOutcome::Invalid(row) => panic!("row {} invalid: {}", row.row, row.reason),
+        }
+    }
+
+    fn reason(outcome: &RowOutcome) -> &str {
+        match outcome {
+            RowOutcome::Invalid(row) => &row.reason,
+            RowOutcome::Valid(row) => panic!("row {} should be invalid", row.row),
+        }
+    }
+
+    #[test]
+    fn bom_crlf_and_quoted_multiline_fields_are_read() {
+        let csv = "\u{feff}sku,name,color\r\nA1,\"Mug, \"\"large\"\"\",red\r\nA2,\"two\nlines\",blue\r\n";
+        let rows = read_all(csv.as_bytes(), "hero").unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(valid(&rows[0]).prompt, "Photo: Mug, \"large\", red");
+        assert_eq!(valid(&rows[0]).key.as_str(), "hero/A1");
+        assert_eq!(valid(&rows[1]).prompt, "Photo: two\nlines, blue");
+        assert_eq!(valid(&rows[1]).row, 2);
+    }
+
+    #[test]
+    fn per_row_problems_make_only_that_row_invalid() {
+        let long_sku = "x".repeat(2048);
+        let csv = format!(
+            "sku,name,color\nA1,mug,red\nA2,mug\nA3,,red\n../x,mug,red\na/b,mug,red\n,mug,red\n{long_sku},mug,red\nA1,cup,blue\nA9,ok,green\n"
+        );
+        let rows = read_all(csv.as_bytes(), "hero").unwrap();
+        assert_eq!(rows.len(), 9);
+        assert_eq!(valid(&rows[0]).row, 1);
+        assert_eq!(reason(&rows[1]), "has 2 fields, the header has 3");
+        assert_eq!(reason(&rows[2]), "column \"name\" is empty");
+        assert!(
+            reason(&rows[3]).contains("\"../x\" is not a safe key part"),
+            "{}",
+            reason(&rows[3])
+        );
+        assert!(reason(&rows[4]).contains("\"a/b\" is not a safe key part"));
+        assert_eq!(reason(&rows[5]), "column \"sku\" is empty");
+        assert!(reason(&rows[6]).contains("2048 bytes"), "{}", reason(&rows[6]));
+        assert_eq!(reason(&rows[7]), "key \"hero/A1\" is already used by row 1");
+        assert_eq!(valid(&rows[8]).row, 9);
+    }
+
+    #[test]
+    fn huge_rows_are_invalid_not_fatal() {
+        let csv = format!("sku,name,color\nA1,{},red\nA2,mug,red\n", "n".repeat(MAX_ROW_BYTES + 1));
+        let rows = read_all(csv.as_bytes(), "hero").unwrap();
+        assert!(reason(&rows[0]).contains("limited to 65536 bytes"));
+        assert_eq!(valid(&rows[1]).key.as_str(), "hero/A2");
+    }
+
+    #[test]
+    fn reference_images_are_split_and_checked() {
+        let csv = "sku,name,image_url\nA1,mug,https://x/a.png; s3://b/k.jpg\nA2,mug,ftp://x\nA3,mug,\n";
+        let rows = read_all(csv.as_bytes(), "edit").unwrap();
+        assert_eq!(valid(&rows[0]).references, vec!["https://x/a.png", "s3://b/k.jpg"]);
+        assert!(reason(&rows[1]).contains("\"ftp://x\" is not an http(s):// URL"));
+        assert!(reason(&rows[2]).contains("needs a reference image"));
+    }
+
+    #[test]
+    fn non_utf8_file_is_a_whole_file_error_naming_the_row() {
+        let csv = b"sku,name,color\nA1,mug,red\nA2,caf\xe9,red\n";
+        match read_all(csv, "hero") {
+            Err(CsvError::NotUtf8 { file, row, line }) => assert_eq!((file.as_str(), row, line), ("in.csv", 2, 3)),
+            other => panic!("expected NotUtf8, got {other:?}"),
+        }
+        assert!(matches!(
+            read_all(b"sku,n\xe9me,color\n", "hero"),
+            Err(CsvError::NotUtf8 { row: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn empty_file_and_missing_columns_stop_before_any_row() {
+        assert!(matches!(read_all(b"", "hero"), Err(CsvError::Empty { .. })));
+        let err = read_all(b"sku,title\nA1,x\n", "hero").unwrap_err().to_string();
+        assert!(err.starts_with("in.csv: template hero: placeholder {name}"), "{err}");
+        assert!(err.contains("its columns are: sku, title"), "{err}");
+    }
+}

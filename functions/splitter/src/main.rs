@@ -1,1 +1,7 @@
-fn main() {}
+//! The splitter Lambda function. This version does not ship it yet: the binary says so and exits
+//! with an error rather than pretending to handle events. Use `imagepipe run` for local runs.
+
+fn main() -> std::process::ExitCode {
+    eprintln!("the imagepipe splitter function is not part of this version; use `imagepipe run` locally");
+    std::process::ExitCode::FAILURE
+}

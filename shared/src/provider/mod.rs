@@ -101,13 +101,33 @@ pub enum ProviderSetupError {
     Invalid { provider: String, message: String },
 }
 
-/// Every provider name `--provider` and the catalog accept.
+/// Every provider name `--provider` accepts.
 pub const KNOWN_PROVIDERS: [&str; 1] = ["placeholder"];
+
+/// Catalog providers served by a remote API, with the variable holding their credentials.
+const REMOTE_PROVIDERS: [(&str, &str); 4] = [
+    ("gemini", "GEMINI_API_KEY"),
+    ("openai", "OPENAI_API_KEY"),
+    ("seedream", "ARK_API_KEY"),
+    ("bedrock", "AWS_ACCESS_KEY_ID"),
+];
 
 /// Builds the provider called `name` from the environment.
 pub fn from_env(name: &str) -> Result<std::sync::Arc<dyn ImageProvider>, ProviderSetupError> {
-    match name {
-        "placeholder" => Ok(std::sync::Arc::new(placeholder::PlaceholderProvider)),
-        other => Err(ProviderSetupError::Unknown { name: other.to_owned() }),
+    if name == "placeholder" {
+        return Ok(std::sync::Arc::new(placeholder::PlaceholderProvider));
     }
+    let Some((_, variable)) = REMOTE_PROVIDERS.iter().find(|(provider, _)| *provider == name) else {
+        return Err(ProviderSetupError::Unknown { name: name.to_owned() });
+    };
+    if std::env::var(variable).map_or(true, |v| v.trim().is_empty()) {
+        return Err(ProviderSetupError::MissingCredentials {
+            provider: name.to_owned(),
+            variable: (*variable).to_owned(),
+        });
+    }
+    Err(ProviderSetupError::Invalid {
+        provider: name.to_owned(),
+        message: "this build has no client for it yet; run with --provider placeholder".to_owned(),
+    })
 }

@@ -1,0 +1,148 @@
+//! The `imagepipe` binary as a user runs it: exit codes, messages and JSON output.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn imagepipe(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_imagepipe"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("GEMINI_API_KEY")
+        .output()
+        .expect("imagepipe runs")
+}
+
+fn write(dir: &Path, name: &str, body: &[u8]) -> String {
+    std::fs::write(dir.join(name), body).unwrap();
+    name.to_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn run_of_a_clean_csv_exits_0_and_prints_the_report_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = write(dir.path(), "p.csv", b"sku,name,color\nA1,mug,red\nA2,cup,blue\n");
+    let out = imagepipe(
+        &["run", &csv, "-t", "product", "--provider", "placeholder", "--json"],
+        dir.path(),
+    );
+
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (report["rows"].as_u64(), report["succeeded"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(report["provider"], "placeholder");
+    assert!(dir.path().join("out/images/product/A1.png").exists());
+    let run_id = report["run_id"].as_str().unwrap();
+    assert!(dir.path().join(format!("out/runs/{run_id}/report.json")).exists());
+}
+
+#[test]
+fn run_with_invalid_rows_exits_1_and_names_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = write(dir.path(), "p.csv", b"sku,name,color\nA1,mug,red\nA2,,blue\n");
+    let out = imagepipe(&["run", &csv, "-t", "product", "--provider", "placeholder"], dir.path());
+
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("1/2 succeeded, 0 failed, 1 invalid"), "{text}");
+    assert!(text.contains("invalid row 2: column \"name\" is empty"), "{text}");
+}
+
+#[test]
+fn inputs_that_cannot_start_a_run_exit_2_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(dir.path(), "p.csv", b"sku,name,color\nA1,mug,red\n");
+    let latin1 = write(dir.path(), "l.csv", b"sku,name,color\nA1,caf\xe9,red\n");
+    let templates = write(
+        dir.path(),
+        "t.toml",
+        b"[templates.x]\nprompt = \"{a\"\nmodel = \"placeholder\"\nkey = \"{sku}\"\n",
+    );
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &["run", "missing.csv", "-t", "product", "--provider", "placeholder"],
+            "cannot read missing.csv",
+        ),
+        (
+            &["run", &good, "-t", "nope", "--provider", "placeholder"],
+            "unknown template \"nope\"; available: blog_hero",
+        ),
+        (&["run", &good, "-t", "product", "-m", "nope"], "unknown model \"nope\""),
+        (
+            &["run", &latin1, "-t", "product", "--provider", "placeholder"],
+            "l.csv: not UTF-8 text (data row 1, line 2)",
+        ),
+        (
+            &["run", &good, "-t", "product", "--provider", "dalle"],
+            "unknown provider \"dalle\"",
+        ),
+        (
+            &["plan", &good, "-t", "x", "--templates", &templates],
+            "prompt pattern is invalid: unclosed '{'",
+        ),
+        (&["run", &good], "--template"),
+    ];
+    for (args, expected) in cases {
+        let out = imagepipe(args, dir.path());
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(expected),
+            "{args:?}: {} should contain {expected}",
+            stderr(&out)
+        );
+        assert!(!stderr(&out).contains("panicked"));
+    }
+    assert!(!dir.path().join("out").exists());
+}
+
+#[test]
+fn a_provider_without_credentials_suggests_the_placeholder() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = write(dir.path(), "p.csv", b"sku,name,color\nA1,mug,red\n");
+    let out = imagepipe(&["run", &csv, "-t", "product", "-m", "nano-banana-2"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--provider placeholder"), "{}", stderr(&out));
+}
+
+#[test]
+fn plan_prints_counts_samples_and_costs_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = write(dir.path(), "p.csv", b"sku,name,color\nA1,mug,red\nA2,cup,blue\nA3,,x\n");
+    let out = imagepipe(
+        &["plan", &csv, "-t", "product", "-m", "nano-banana-pro", "--json"],
+        dir.path(),
+    );
+
+    assert_eq!(out.status.code(), Some(1), "invalid rows make plan exit 1");
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (plan["rows"].as_u64(), plan["valid"].as_u64(), plan["invalid"].as_u64()),
+        (Some(3), Some(2), Some(1))
+    );
+    assert_eq!(
+        plan["sample_prompts"][0],
+        "Product photo of mug in red, clean background, soft shadows"
+    );
+    assert!((plan["estimated_cost_usd"].as_f64().unwrap() - 0.268).abs() < 1e-9);
+    assert_eq!(plan["cost_at_scale"][3], serde_json::json!([100000, 13400.0]));
+    assert!(!dir.path().join("out").exists(), "plan writes nothing");
+}
+
+#[test]
+fn models_lists_the_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = imagepipe(&["models", "--json"], dir.path());
+    assert_eq!(out.status.code(), Some(0));
+    let catalog: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        catalog["models"]["nano-banana-2"]["provider_model"],
+        "gemini-3.1-flash-image-preview"
+    );
+    assert!(catalog["prices_as_of"].is_string());
+}
