@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use imagepipe::catalog::Catalog;
-use imagepipe::local::{LocalRun, report_path};
+use imagepipe::local::{LocalRun, Publishing, report_path};
 use imagepipe::provider;
+use imagepipe::publish::{HttpCms, SlackWebhook, http_client};
 use imagepipe::retry::RetryPolicy;
 use imagepipe::template::{Template, TemplateSet};
 use imagepipe::usecase::plan::plan_csv;
@@ -155,6 +156,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     ..RetryPolicy::default()
                 },
                 timeout: Duration::from_secs(timeout_secs),
+                publish: publishing_from_env()?,
             };
             let bar = output::progress_bar(input.json);
             let report = run.run(|done, total| bar.update(done, total)).await?;
@@ -173,4 +175,24 @@ fn load_template(input: &Input) -> anyhow::Result<Template> {
     Ok(TemplateSet::load(input.templates.as_deref())?
         .get(&input.template)?
         .clone())
+}
+
+/// CMS and Slack settings from the environment; both optional, but a CMS needs all of its three.
+fn publishing_from_env() -> anyhow::Result<Publishing> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let client = http_client(Duration::from_secs(30));
+    let cms = match var("CMS_BASE_URL") {
+        None => None,
+        Some(base) => {
+            let token = var("CMS_TOKEN").context("CMS_BASE_URL is set, so CMS_TOKEN must be too")?;
+            var("IMAGEPIPE_PUBLIC_BASE_URL")
+                .context("CMS_BASE_URL is set, so IMAGEPIPE_PUBLIC_BASE_URL (where images are served) must be too")?;
+            Some(HttpCms::new(client.clone(), &base, &token))
+        }
+    };
+    Ok(Publishing {
+        cms,
+        notifier: var("SLACK_WEBHOOK_URL").map(|url| SlackWebhook::new(client, &url)),
+        public_base_url: var("IMAGEPIPE_PUBLIC_BASE_URL"),
+    })
 }

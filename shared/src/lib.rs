@@ -11,6 +11,7 @@ pub mod key;
 pub mod local;
 pub mod pattern;
 pub mod provider;
+pub mod publish;
 pub mod report;
 pub mod retry;
 pub mod rows;

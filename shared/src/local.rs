@@ -16,11 +16,13 @@ use crate::adapters::fs_store::FsObjectStore;
 use crate::catalog::{Catalog, ModelInfo};
 use crate::job::{Job, run_id};
 use crate::provider::ImageProvider;
+use crate::publish::{HttpCms, SlackWebhook};
 use crate::report::{FailureEntry, ImageEntry, ReportBuilder, RunReport};
 use crate::retry::RetryPolicy;
 use crate::rows::{CsvError, RowOutcome, RowReader};
 use crate::store::{NewObject, ObjectStore};
 use crate::template::Template;
+use crate::usecase::finalize::{completion_message, notify, start_message, update_cms};
 use crate::usecase::generate::{JobError, generate_image};
 use crate::usecase::plan::{Plan, PlanError, plan_csv};
 
@@ -37,6 +39,16 @@ pub struct LocalRun {
     pub retry: RetryPolicy,
     /// Per provider call.
     pub timeout: Duration,
+    pub publish: Publishing,
+}
+
+/// Where a run reports to, all optional: the CMS, a Slack webhook, and the public URL images are served from.
+#[derive(Debug, Clone, Default)]
+pub struct Publishing {
+    pub cms: Option<HttpCms>,
+    pub notifier: Option<SlackWebhook>,
+    /// Prefix the CMS gets image URLs under: `<public_base_url>/<object key>`.
+    pub public_base_url: Option<String>,
 }
 
 /// Why a run could not start (nothing was generated) or could not record its report.
@@ -97,6 +109,19 @@ impl LocalRun {
             report.invalid(invalid);
         }
         tracing::info!(%run_id, rows = plan.rows, valid = plan.valid, invalid = plan.invalid, "run started");
+        if let Some(notifier) = &self.publish.notifier {
+            let text = start_message(
+                &run_id,
+                &plan.file,
+                &plan.template,
+                &plan.model,
+                plan.valid,
+                plan.estimated_cost_usd,
+            );
+            if let Err(e) = notify(notifier, &text, &self.retry).await {
+                tracing::warn!(error = %e, "run start message not posted");
+            }
+        }
 
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(self.concurrency * 2);
         let reader = self.spawn_reader(run_id.clone(), plan.model.clone(), jobs_tx)?;
@@ -127,8 +152,29 @@ impl LocalRun {
             Ok(Err(e)) => return Err(e.into()),
             Err(e) => return Err(RunError::Report(format!("CSV reader stopped: {e}"))),
         }
-        let report = report.finish(started.elapsed().as_secs_f64());
+        let mut report = report.finish(started.elapsed().as_secs_f64());
+        if let Some(cms) = &self.publish.cms {
+            let base = self
+                .publish
+                .public_base_url
+                .as_deref()
+                .unwrap_or_default()
+                .trim_end_matches('/');
+            update_cms(
+                &mut report,
+                cms,
+                |image| format!("{base}/{}", image.object_key),
+                &self.retry,
+            )
+            .await;
+        }
         self.write_report(&store, &report).await?;
+        if let Some(notifier) = &self.publish.notifier {
+            let location = report_path(&self.out_dir, &report.run_id).display().to_string();
+            if let Err(e) = notify(notifier, &completion_message(&report, &location), &self.retry).await {
+                tracing::warn!(error = %e, "run completion message not posted");
+            }
+        }
         tracing::info!(%run_id, succeeded = report.succeeded, failed = report.failed, invalid = report.invalid, "run finished");
         Ok(report)
     }
@@ -222,6 +268,7 @@ impl Worker<'_> {
                     return Ok(ImageEntry {
                         row: job.row,
                         key: job.key.to_string(),
+                        object_key: generated.object_key.clone(),
                         path: self
                             .store
                             .path_of(&generated.object_key)

@@ -9,6 +9,8 @@ use crate::rows::InvalidRow;
 pub struct ImageEntry {
     pub row: u64,
     pub key: String,
+    /// The image's key in the store (`images/<key>.<ext>`).
+    pub object_key: String,
     /// Where the image is: a file path locally, `s3://bucket/key` on AWS.
     pub path: String,
     pub content_type: String,
@@ -52,6 +54,12 @@ pub struct RunReport {
     pub images: Vec<ImageEntry>,
     pub failures: Vec<FailureEntry>,
     pub invalid_rows: Vec<InvalidRow>,
+    /// Images the CMS was pointed at.
+    #[serde(default)]
+    pub cms_updated: u64,
+    /// Images stored but not recorded in the CMS (the image itself succeeded).
+    #[serde(default)]
+    pub cms_failures: Vec<FailureEntry>,
 }
 
 /// Collects outcomes as they arrive and produces a consistent report.
@@ -88,6 +96,8 @@ impl ReportBuilder {
                 images: Vec::new(),
                 failures: Vec::new(),
                 invalid_rows: Vec::new(),
+                cms_updated: 0,
+                cms_failures: Vec::new(),
             },
         }
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use imagepipe::catalog::Catalog;
-use imagepipe::local::{LocalRun, RunError, report_path};
+use imagepipe::local::{LocalRun, Publishing, RunError, report_path};
 use imagepipe::provider::ProviderError;
 use imagepipe::provider::testing::{Script, ScriptedProvider};
 use imagepipe::report::RunReport;
@@ -32,6 +32,7 @@ fn local_run(dir: &Path, csv: &[u8], provider: Arc<ScriptedProvider>, max_attemp
             cap: Duration::from_millis(20),
         },
         timeout: Duration::from_secs(5),
+        publish: Publishing::default(),
     }
 }
 

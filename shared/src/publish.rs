@@ -1,0 +1,128 @@
+//! The CMS and notifier ports and their HTTP adapters: a `PATCH` per image to the team's CMS, and
+//! Slack incoming-webhook messages. Secrets (token, webhook URL) never appear in errors or logs.
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde_json::json;
+
+/// A CMS or notifier call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct PublishError {
+    /// Throttled, 5xx or unreachable: worth retrying.
+    pub retryable: bool,
+    pub message: String,
+}
+
+/// The CMS port: point a product at its new image.
+pub trait Cms: Send + Sync {
+    fn update_image(&self, sku: &str, image_url: &str) -> impl Future<Output = Result<(), PublishError>> + Send;
+}
+
+/// The notifier port: post a run message to people.
+pub trait Notifier: Send + Sync {
+    fn post(&self, text: &str) -> impl Future<Output = Result<(), PublishError>> + Send;
+}
+
+/// `PATCH {base}/api/products/{sku}` with `{"image_url": …}` and a Bearer token.
+#[derive(Clone)]
+pub struct HttpCms {
+    client: reqwest::Client,
+    base_url: String,
+    token: String,
+}
+
+impl std::fmt::Debug for HttpCms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpCms")
+            .field("base_url", &self.base_url)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+impl HttpCms {
+    pub fn new(client: reqwest::Client, base_url: &str, token: &str) -> Self {
+        Self {
+            client,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+        }
+    }
+}
+
+impl Cms for HttpCms {
+    #[tracing::instrument(skip(self, image_url))]
+    async fn update_image(&self, sku: &str, image_url: &str) -> Result<(), PublishError> {
+        let url = format!("{}/api/products/{sku}", self.base_url);
+        let response = self
+            .client
+            .patch(&url)
+            .bearer_auth(&self.token)
+            .json(&json!({ "image_url": image_url }))
+            .send()
+            .await;
+        check(response, "CMS").await
+    }
+}
+
+/// A Slack incoming webhook.
+#[derive(Clone)]
+pub struct SlackWebhook {
+    client: reqwest::Client,
+    url: String,
+}
+
+impl std::fmt::Debug for SlackWebhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SlackWebhook(<redacted>)")
+    }
+}
+
+impl SlackWebhook {
+    pub fn new(client: reqwest::Client, url: &str) -> Self {
+        Self {
+            client,
+            url: url.to_owned(),
+        }
+    }
+}
+
+impl Notifier for SlackWebhook {
+    #[tracing::instrument(skip_all)]
+    async fn post(&self, text: &str) -> Result<(), PublishError> {
+        let body = json!({
+            "text": text,
+            "blocks": [{ "type": "section", "text": { "type": "mrkdwn", "text": text } }],
+        });
+        check(self.client.post(&self.url).json(&body).send().await, "Slack").await
+    }
+}
+
+/// One HTTP client for every adapter, with connect and request timeouts.
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(timeout)
+        .build()
+        .unwrap_or_default()
+}
+
+async fn check(response: Result<reqwest::Response, reqwest::Error>, service: &str) -> Result<(), PublishError> {
+    let response = response.map_err(|e| PublishError {
+        retryable: true,
+        // without_url: the URL may carry a secret (a Slack webhook is one).
+        message: format!("{service} unreachable: {}", e.without_url()),
+    })?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = response.text().await.unwrap_or_default();
+    let snippet: String = body.chars().take(200).collect();
+    Err(PublishError {
+        retryable: status.as_u16() == 429 || status.is_server_error(),
+        message: format!("{service} answered HTTP {}: {}", status.as_u16(), snippet.trim()),
+    })
+}

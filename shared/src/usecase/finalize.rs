@@ -1,0 +1,134 @@
+//! Finalize: point the CMS at every new image (retried), then tell people how the run went.
+
+use futures::StreamExt;
+
+use crate::publish::{Cms, Notifier, PublishError};
+use crate::report::{FailureEntry, ImageEntry, RunReport};
+use crate::retry::RetryPolicy;
+
+/// CMS updates in flight at once.
+const CMS_CONCURRENCY: usize = 8;
+/// Failures listed in the completion message; the report has them all.
+const FAILURES_SHOWN: usize = 10;
+
+/// The SKU a CMS knows an image by: the job key without its `<template>/` prefix.
+pub fn sku_of(key: &str) -> &str {
+    key.split_once('/').map_or(key, |(_, sku)| sku)
+}
+
+/// Updates the CMS for each image in `report`, recording successes and failures in the report.
+pub async fn update_cms<C: Cms>(
+    report: &mut RunReport,
+    cms: &C,
+    image_url: impl Fn(&ImageEntry) -> String,
+    retry: &RetryPolicy,
+) {
+    let results: Vec<Result<(), FailureEntry>> = futures::stream::iter(report.images.iter())
+        .map(|image| {
+            let url = image_url(image);
+            async move {
+                with_retry(retry, || cms.update_image(sku_of(&image.key), &url))
+                    .await
+                    .map_err(|(error, attempts)| FailureEntry {
+                        row: image.row,
+                        key: image.key.clone(),
+                        reason: error.message,
+                        attempts,
+                    })
+            }
+        })
+        .buffer_unordered(CMS_CONCURRENCY)
+        .collect()
+        .await;
+    for result in results {
+        match result {
+            Ok(()) => report.cms_updated += 1,
+            Err(failure) => report.cms_failures.push(failure),
+        }
+    }
+    report.cms_failures.sort_by_key(|f| f.row);
+}
+
+/// The message that announces a run.
+pub fn start_message(
+    run_id: &str,
+    source: &str,
+    template: &str,
+    model: &str,
+    valid: u64,
+    estimated_cost: f64,
+) -> String {
+    format!(
+        "*imagepipe* run `{run_id}` started: {valid} images from `{source}` ({template}, {model}), estimated ${estimated_cost:.2}"
+    )
+}
+
+/// The completion message: counts, failures with reasons, cost, duration and where the report is.
+pub fn completion_message(report: &RunReport, report_location: &str) -> String {
+    let mut text = format!(
+        "*imagepipe* run `{}` finished: {}/{} succeeded, {} failed, {} invalid ({} reused). \
+         Cost ${:.2} (estimated ${:.2}), {:.0}s.",
+        report.run_id,
+        report.succeeded,
+        report.rows,
+        report.failed,
+        report.invalid,
+        report.reused,
+        report.actual_cost_usd,
+        report.estimated_cost_usd,
+        report.duration_secs
+    );
+    if !report.cms_failures.is_empty() {
+        text.push_str(&format!(
+            " CMS updates failed for {} images.",
+            report.cms_failures.len()
+        ));
+    }
+    let problems = report
+        .failures
+        .iter()
+        .map(|f| format!("• row {} `{}`: {}", f.row, f.key, f.reason))
+        .chain(
+            report
+                .invalid_rows
+                .iter()
+                .map(|i| format!("• row {} invalid: {}", i.row, i.reason)),
+        );
+    let listed: Vec<String> = problems.take(FAILURES_SHOWN).collect();
+    if !listed.is_empty() {
+        text.push('\n');
+        text.push_str(&listed.join("\n"));
+        let more = (report.failed + report.invalid) as usize - listed.len();
+        if more > 0 {
+            text.push_str(&format!("\n…and {more} more in the report"));
+        }
+    }
+    text.push_str(&format!("\nReport: {report_location}"));
+    text
+}
+
+/// Posts `text`, retrying when the notifier is throttled or down.
+pub async fn notify<N: Notifier>(notifier: &N, text: &str, retry: &RetryPolicy) -> Result<(), PublishError> {
+    with_retry(retry, || notifier.post(text))
+        .await
+        .map_err(|(error, _)| error)
+}
+
+async fn with_retry<F, Fut>(retry: &RetryPolicy, mut call: F) -> Result<(), (PublishError, u32)>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), PublishError>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match call().await {
+            Ok(()) => return Ok(()),
+            Err(error) if error.retryable && retry.allows_another(attempt) => {
+                tracing::warn!(attempt, %error, "retrying");
+                tokio::time::sleep(retry.delay(attempt, None)).await;
+            }
+            Err(error) => return Err((error, attempt)),
+        }
+    }
+}
