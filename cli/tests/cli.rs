@@ -146,3 +146,44 @@ fn models_lists_the_catalog() {
     );
     assert!(catalog["prices_as_of"].is_string());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_with_gemini_calls_the_configured_endpoint_end_to_end() {
+    use base64::Engine;
+    use wiremock::matchers::{header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let server = MockServer::start().await;
+    let png = imagepipe::provider::placeholder::render_png(32, 32, b"gemini").unwrap();
+    let body = serde_json::json!({ "candidates": [{ "content": { "parts": [
+        { "inlineData": { "mimeType": "image/png", "data": base64::engine::general_purpose::STANDARD.encode(&png) } }
+    ]}, "finishReason": "STOP" }] });
+    Mock::given(method("POST"))
+        .and(path("/v1beta/models/gemini-2.5-flash-image:generateContent"))
+        .and(header("x-goog-api-key", "local-key"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(body))
+        .expect(2)
+        .mount(&server)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = write(dir.path(), "p.csv", b"sku,name,color\nA1,mug,red\nA2,cup,blue\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_imagepipe"))
+        .args(["run", &csv, "-t", "product", "-m", "nano-banana", "--json"])
+        .current_dir(dir.path())
+        .env("GEMINI_API_KEY", "local-key")
+        .env("IMAGEPIPE_GEMINI_BASE_URL", server.uri())
+        .output()
+        .unwrap();
+
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (report["provider"].as_str(), report["succeeded"].as_u64()),
+        (Some("gemini"), Some(2))
+    );
+    assert!(
+        (report["actual_cost_usd"].as_f64().unwrap() - 0.078).abs() < 1e-9,
+        "catalog price × 2"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("local-key"));
+}

@@ -1,5 +1,7 @@
 //! The image-provider port, its errors, and the providers imagepipe ships.
 
+pub mod gemini;
+pub mod http;
 pub mod placeholder;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
@@ -102,11 +104,10 @@ pub enum ProviderSetupError {
 }
 
 /// Every provider name `--provider` accepts.
-pub const KNOWN_PROVIDERS: [&str; 1] = ["placeholder"];
+pub const KNOWN_PROVIDERS: [&str; 5] = ["placeholder", "gemini", "openai", "seedream", "bedrock"];
 
 /// Catalog providers served by a remote API, with the variable holding their credentials.
-const REMOTE_PROVIDERS: [(&str, &str); 4] = [
-    ("gemini", "GEMINI_API_KEY"),
+const REMOTE_PROVIDERS: [(&str, &str); 3] = [
     ("openai", "OPENAI_API_KEY"),
     ("seedream", "ARK_API_KEY"),
     ("bedrock", "AWS_ACCESS_KEY_ID"),
@@ -114,8 +115,14 @@ const REMOTE_PROVIDERS: [(&str, &str); 4] = [
 
 /// Builds the provider called `name` from the environment.
 pub fn from_env(name: &str) -> Result<std::sync::Arc<dyn ImageProvider>, ProviderSetupError> {
-    if name == "placeholder" {
-        return Ok(std::sync::Arc::new(placeholder::PlaceholderProvider));
+    match name {
+        "placeholder" => return Ok(std::sync::Arc::new(placeholder::PlaceholderProvider)),
+        "gemini" => {
+            return Ok(std::sync::Arc::new(gemini::GeminiProvider::from_env(
+                crate::publish::http_client(std::time::Duration::from_secs(600)),
+            )?));
+        }
+        _ => {}
     }
     let Some((_, variable)) = REMOTE_PROVIDERS.iter().find(|(provider, _)| *provider == name) else {
         return Err(ProviderSetupError::Unknown { name: name.to_owned() });

@@ -1,0 +1,126 @@
+//! What every HTTP provider shares: mapping transport errors and HTTP statuses to retry decisions,
+//! `Retry-After` parsing, and downloading reference images.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+
+use super::ProviderError;
+
+/// Largest reference image downloaded, in bytes.
+pub const MAX_REFERENCE_BYTES: usize = 20 * 1024 * 1024;
+
+/// `Retry-After` as seconds or an HTTP date.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
+}
+
+/// A transport failure (connect, timeout, reset): worth retrying. The URL is left out of the message.
+pub fn transport_error(provider: &str, error: reqwest::Error) -> ProviderError {
+    let what = if error.is_timeout() { "timed out" } else { "unreachable" };
+    ProviderError::Unavailable {
+        message: format!("{provider} {what}: {}", error.without_url()),
+    }
+}
+
+/// Maps an unsuccessful HTTP status and its (already extracted) message to a decision.
+pub fn status_error(provider: &str, status: u16, headers: &HeaderMap, message: &str) -> ProviderError {
+    let message = format!("{provider} HTTP {status}: {message}");
+    match status {
+        429 => ProviderError::RateLimited {
+            retry_after: retry_after(headers),
+            message,
+        },
+        401 | 403 => ProviderError::Unauthorized { message },
+        408 | 500..=599 => ProviderError::Unavailable { message },
+        _ => ProviderError::Rejected { message },
+    }
+}
+
+/// The first `limit` characters of a body, for error messages; HTML pages are named, not quoted.
+pub fn snippet(body: &str) -> String {
+    let trimmed = body.trim_start();
+    let lower: String = trimmed.chars().take(15).collect::<String>().to_lowercase();
+    if lower.starts_with("<!doctype html") || lower.starts_with("<html") {
+        return "an HTML page instead of JSON".to_owned();
+    }
+    trimmed.chars().take(300).collect()
+}
+
+/// Downloads an http(s) reference image; s3:// references need the AWS object store.
+pub async fn fetch_reference(
+    client: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+) -> Result<(Bytes, String), ProviderError> {
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(ProviderError::Rejected {
+            message: format!("reference {url:?} must be an http(s) URL here"),
+        });
+    }
+    let response = client
+        .get(url)
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| ProviderError::Unavailable {
+            message: format!("reference image unreachable: {}", e.without_url()),
+        })?;
+    let status = response.status();
+    if !status.is_success() {
+        let message = format!("reference image {url} answered HTTP {}", status.as_u16());
+        return Err(if status.is_server_error() {
+            ProviderError::Unavailable { message }
+        } else {
+            ProviderError::Rejected { message }
+        });
+    }
+    let bytes = response.bytes().await.map_err(|e| ProviderError::Unavailable {
+        message: format!("reference image download failed: {}", e.without_url()),
+    })?;
+    if bytes.len() > MAX_REFERENCE_BYTES {
+        return Err(ProviderError::Rejected {
+            message: format!("reference image {url} is over 20 MiB"),
+        });
+    }
+    let info = crate::image_format::inspect(&bytes).map_err(|e| ProviderError::Rejected {
+        message: format!("reference {url}: {e}"),
+    })?;
+    Ok((bytes, info.format.content_type().to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        headers.insert(RETRY_AFTER, later.parse().unwrap());
+        let wait = retry_after(&headers).unwrap();
+        assert!(
+            wait > Duration::from_secs(100) && wait <= Duration::from_secs(120),
+            "{wait:?}"
+        );
+        headers.insert(RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn statuses_map_to_decisions() {
+        let h = HeaderMap::new();
+        assert!(status_error("p", 429, &h, "").is_retryable());
+        assert!(status_error("p", 503, &h, "").is_retryable());
+        assert!(status_error("p", 401, &h, "").stops_run());
+        assert!(!status_error("p", 400, &h, "").is_retryable());
+    }
+}
