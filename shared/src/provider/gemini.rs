@@ -11,7 +11,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::http::{fetch_reference, snippet, status_error, transport_error};
+use super::http::{fetch_reference, read_response, snippet};
 use super::{ImageProvider, ImageRequest, ProviderError, ProviderImage, ProviderSetupError};
 use crate::template::ImageSize;
 
@@ -117,36 +117,17 @@ impl ImageProvider for GeminiProvider {
             "{}/v1beta/models/{}:generateContent",
             self.base_url, request.provider_model
         );
+        let body = self.body(request).await?;
         let response = self
             .client
             .post(&url)
             .header("x-goog-api-key", &self.api_key)
             .timeout(request.timeout)
-            .json(&self.body(request).await?)
+            .json(&body)
             .send()
-            .await
-            .map_err(|e| transport_error("gemini", e))?;
-        let (status, headers) = (response.status(), response.headers().clone());
-        let text = response.text().await.map_err(|e| transport_error("gemini", e))?;
-        if !status.is_success() {
-            return Err(status_error("gemini", status.as_u16(), &headers, &error_message(&text)));
-        }
-        parse_image(&text)
+            .await;
+        parse_image(&read_response("gemini", response).await?)
     }
-}
-
-fn error_message(body: &str) -> String {
-    serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| {
-            let error = v.get("error")?;
-            let message = error.get("message")?.as_str()?;
-            Some(match error.get("status").and_then(Value::as_str) {
-                Some(status) => format!("{status}: {message}"),
-                None => message.to_owned(),
-            })
-        })
-        .unwrap_or_else(|| snippet(body))
 }
 
 /// Extracts the image from a `generateContent` response, or says why there is none.

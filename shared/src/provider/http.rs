@@ -95,6 +95,86 @@ pub async fn fetch_reference(
     Ok((bytes, info.format.content_type().to_owned()))
 }
 
+/// The `{"error": {"message", "code"|"type"|"status"}}` shape most image APIs answer errors with.
+pub fn json_error_message(body: &str) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_str(body).ok();
+    let error = parsed.as_ref().and_then(|v| v.get("error"));
+    let Some(message) = error.and_then(|e| e.get("message")).and_then(serde_json::Value::as_str) else {
+        return snippet(body);
+    };
+    let code = ["code", "status", "type"]
+        .iter()
+        .find_map(|k| error?.get(*k)?.as_str().map(str::to_owned));
+    match code {
+        Some(code) => format!("{code}: {message}"),
+        None => message.to_owned(),
+    }
+}
+
+/// The first image of an OpenAI-style `{"data": [{"b64_json"} | {"url"}]}` body; a URL is downloaded.
+pub async fn first_data_image(
+    client: &reqwest::Client,
+    provider: &str,
+    body: &str,
+    timeout: Duration,
+) -> Result<Bytes, ProviderError> {
+    use base64::Engine;
+    let v: serde_json::Value = serde_json::from_str(body).map_err(|_| ProviderError::Unavailable {
+        message: format!("{provider} returned a malformed response: {}", snippet(body)),
+    })?;
+    let item = v.pointer("/data/0");
+    if let Some(b64) = item.and_then(|i| i.get("b64_json")).and_then(serde_json::Value::as_str) {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| ProviderError::Rejected {
+                message: format!("{provider} image is not valid base64: {e}"),
+            })?;
+        return Ok(Bytes::from(bytes));
+    }
+    if let Some(url) = item.and_then(|i| i.get("url")).and_then(serde_json::Value::as_str) {
+        // Provider URLs expire: download at once; a failed download is retried with the whole call.
+        let response = client
+            .get(url)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| transport_error(provider, e))?;
+        if !response.status().is_success() {
+            return Err(ProviderError::Unavailable {
+                message: format!("{provider} image URL answered HTTP {}", response.status().as_u16()),
+            });
+        }
+        return response.bytes().await.map_err(|e| transport_error(provider, e));
+    }
+    let said = item
+        .and_then(|i| i.get("error"))
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    Err(ProviderError::Rejected {
+        message: format!("{provider} returned no image {said}").trim_end().to_owned(),
+    })
+}
+
+/// Reads a response: the body on success, a decision on failure.
+pub async fn read_response(
+    provider: &str,
+    response: Result<reqwest::Response, reqwest::Error>,
+) -> Result<String, ProviderError> {
+    let response = response.map_err(|e| transport_error(provider, e))?;
+    let (status, headers) = (response.status(), response.headers().clone());
+    let text = response.text().await.map_err(|e| transport_error(provider, e))?;
+    if status.is_success() {
+        Ok(text)
+    } else {
+        Err(status_error(
+            provider,
+            status.as_u16(),
+            &headers,
+            &json_error_message(&text),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

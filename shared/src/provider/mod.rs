@@ -2,7 +2,9 @@
 
 pub mod gemini;
 pub mod http;
+pub mod openai;
 pub mod placeholder;
+pub mod seedream;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 
@@ -106,35 +108,32 @@ pub enum ProviderSetupError {
 /// Every provider name `--provider` accepts.
 pub const KNOWN_PROVIDERS: [&str; 5] = ["placeholder", "gemini", "openai", "seedream", "bedrock"];
 
-/// Catalog providers served by a remote API, with the variable holding their credentials.
-const REMOTE_PROVIDERS: [(&str, &str); 3] = [
-    ("openai", "OPENAI_API_KEY"),
-    ("seedream", "ARK_API_KEY"),
-    ("bedrock", "AWS_ACCESS_KEY_ID"),
-];
-
 /// Builds the provider called `name` from the environment.
 pub fn from_env(name: &str) -> Result<std::sync::Arc<dyn ImageProvider>, ProviderSetupError> {
-    match name {
-        "placeholder" => return Ok(std::sync::Arc::new(placeholder::PlaceholderProvider)),
-        "gemini" => {
-            return Ok(std::sync::Arc::new(gemini::GeminiProvider::from_env(
-                crate::publish::http_client(std::time::Duration::from_secs(600)),
-            )?));
+    // Per-request timeouts are set on each call; this is only the outer bound.
+    let client = || crate::publish::http_client(std::time::Duration::from_secs(900));
+    Ok(match name {
+        "placeholder" => std::sync::Arc::new(placeholder::PlaceholderProvider),
+        "gemini" => std::sync::Arc::new(gemini::GeminiProvider::from_env(client())?),
+        "openai" => std::sync::Arc::new(openai::OpenAiProvider::from_env(client())?),
+        "seedream" => std::sync::Arc::new(seedream::SeedreamProvider::from_env(client())?),
+        "bedrock" => {
+            return Err(ProviderSetupError::Invalid {
+                provider: name.to_owned(),
+                message: "this build has no Bedrock client yet; run with --provider placeholder".to_owned(),
+            });
         }
-        _ => {}
-    }
-    let Some((_, variable)) = REMOTE_PROVIDERS.iter().find(|(provider, _)| *provider == name) else {
-        return Err(ProviderSetupError::Unknown { name: name.to_owned() });
-    };
-    if std::env::var(variable).map_or(true, |v| v.trim().is_empty()) {
-        return Err(ProviderSetupError::MissingCredentials {
-            provider: name.to_owned(),
-            variable: (*variable).to_owned(),
-        });
-    }
-    Err(ProviderSetupError::Invalid {
-        provider: name.to_owned(),
-        message: "this build has no client for it yet; run with --provider placeholder".to_owned(),
+        other => return Err(ProviderSetupError::Unknown { name: other.to_owned() }),
     })
+}
+
+/// A required, non-empty API key from `variable`.
+fn env_key(provider: &str, variable: &str) -> Result<String, ProviderSetupError> {
+    std::env::var(variable)
+        .ok()
+        .filter(|k| !k.trim().is_empty())
+        .ok_or_else(|| ProviderSetupError::MissingCredentials {
+            provider: provider.to_owned(),
+            variable: variable.to_owned(),
+        })
 }

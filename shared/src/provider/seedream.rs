@@ -1,0 +1,85 @@
+//! ByteDance Seedream on BytePlus ModelArk: `POST /api/v3/images/generations` (Bearer `ARK_API_KEY`).
+//!
+//! Sends `model`, `prompt`, `size` (`WIDTHxHEIGHT`), `seed`, `watermark: false`,
+//! `response_format: b64_json` and reference URLs as `image`; reads `data[0].b64_json` or downloads
+//! `data[0].url` (which expires). Errors: `{"error": {"code", "message"}}`; sensitive-content codes are 400s.
+
+use serde_json::json;
+
+use super::http::{first_data_image, read_response};
+use super::{ImageProvider, ImageRequest, ProviderError, ProviderImage, ProviderSetupError};
+
+/// The public endpoint; `IMAGEPIPE_ARK_BASE_URL` overrides it.
+pub const DEFAULT_BASE_URL: &str = "https://ark.ap-southeast.bytepluses.com";
+
+/// A ModelArk client.
+#[derive(Clone)]
+pub struct SeedreamProvider {
+    client: reqwest::Client,
+    base_url: String,
+    api_key: String,
+}
+
+impl std::fmt::Debug for SeedreamProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeedreamProvider")
+            .field("base_url", &self.base_url)
+            .field("api_key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl SeedreamProvider {
+    pub fn new(client: reqwest::Client, base_url: &str, api_key: &str) -> Self {
+        Self {
+            client,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            api_key: api_key.to_owned(),
+        }
+    }
+
+    /// From `ARK_API_KEY` and, optionally, `IMAGEPIPE_ARK_BASE_URL`.
+    pub fn from_env(client: reqwest::Client) -> Result<Self, ProviderSetupError> {
+        let key = super::env_key("seedream", "ARK_API_KEY")?;
+        let base = std::env::var("IMAGEPIPE_ARK_BASE_URL").unwrap_or_else(|_| DEFAULT_BASE_URL.to_owned());
+        Ok(Self::new(client, &base, &key))
+    }
+}
+
+#[async_trait::async_trait]
+impl ImageProvider for SeedreamProvider {
+    fn name(&self) -> &str {
+        "seedream"
+    }
+
+    #[tracing::instrument(skip_all, fields(model = %request.provider_model))]
+    async fn generate(&self, request: &ImageRequest) -> Result<ProviderImage, ProviderError> {
+        let mut body = json!({
+            "model": request.provider_model,
+            "prompt": request.prompt,
+            "size": request.size.to_string(),
+            "seed": request.seed,
+            "watermark": false,
+            "response_format": "b64_json",
+        });
+        if !request.references.is_empty() {
+            body["image"] = json!(request.references);
+        }
+        let url = format!("{}/api/v3/images/generations", self.base_url);
+        let response = self
+            .client
+            .post(&url)
+            .bearer_auth(&self.api_key)
+            .timeout(request.timeout)
+            .json(&body)
+            .send()
+            .await;
+        let text = read_response("seedream", response).await?;
+        let bytes = first_data_image(&self.client, "seedream", &text, request.timeout).await?;
+        Ok(ProviderImage {
+            bytes,
+            reported_cost_usd: None,
+            request_id: None,
+        })
+    }
+}
