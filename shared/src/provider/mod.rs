@@ -1,5 +1,6 @@
 //! The image-provider port, its errors, and the providers imagepipe ships.
 
+pub mod anycap;
 pub mod gemini;
 pub mod http;
 pub mod openai;
@@ -106,7 +107,7 @@ pub enum ProviderSetupError {
 }
 
 /// Every provider name `--provider` accepts.
-pub const KNOWN_PROVIDERS: [&str; 5] = ["placeholder", "gemini", "openai", "seedream", "bedrock"];
+pub const KNOWN_PROVIDERS: [&str; 6] = ["placeholder", "gemini", "openai", "seedream", "anycap", "bedrock"];
 
 /// Builds the provider called `name` from the environment.
 pub fn from_env(name: &str) -> Result<std::sync::Arc<dyn ImageProvider>, ProviderSetupError> {
@@ -117,6 +118,7 @@ pub fn from_env(name: &str) -> Result<std::sync::Arc<dyn ImageProvider>, Provide
         "gemini" => std::sync::Arc::new(gemini::GeminiProvider::from_env(client())?),
         "openai" => std::sync::Arc::new(openai::OpenAiProvider::from_env(client())?),
         "seedream" => std::sync::Arc::new(seedream::SeedreamProvider::from_env(client())?),
+        "anycap" => std::sync::Arc::new(anycap::AnyCapProvider::from_env()),
         "bedrock" => {
             return Err(ProviderSetupError::Invalid {
                 provider: name.to_owned(),
