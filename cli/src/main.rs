@@ -141,8 +141,9 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let model_name = input.model.as_deref().unwrap_or(&template.model);
             let model = catalog.model(model_name)?;
             let provider_name = provider.unwrap_or_else(|| model.provider.clone());
-            let provider =
-                provider::from_env(&provider_name).with_context(|| format!("model {model_name} cannot run"))?;
+            let provider = provider::from_env(&provider_name)
+                .await
+                .with_context(|| format!("model {model_name} cannot run"))?;
             let run = LocalRun {
                 csv: input.csv.clone(),
                 model: input.model.clone(),

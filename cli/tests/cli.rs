@@ -187,3 +187,71 @@ async fn run_with_gemini_calls_the_configured_endpoint_end_to_end() {
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("local-key"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_with_bedrock_uses_the_standard_endpoint_override_and_nova_canvas_body() {
+    use base64::Engine;
+    use wiremock::matchers::{method, path_regex};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let server = MockServer::start().await;
+    let png = imagepipe::provider::placeholder::render_png(32, 32, b"bedrock").unwrap();
+    let ok = serde_json::json!({ "images": [base64::engine::general_purpose::STANDARD.encode(&png)], "error": null });
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/model/amazon\.nova-canvas-v1(:|%3A)0/invoke$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(ok))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = write(dir.path(), "p.csv", b"sku,name,color\nA1,mug,red\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_imagepipe"))
+        .args(["run", &csv, "-t", "product", "-m", "nova-canvas", "--json"])
+        .current_dir(dir.path())
+        .env("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", server.uri())
+        .env("AWS_ACCESS_KEY_ID", "AKIDLOCAL")
+        .env("AWS_SECRET_ACCESS_KEY", "local-secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let sent: serde_json::Value = serde_json::from_slice(&server.received_requests().await.unwrap()[0].body).unwrap();
+    assert_eq!(sent["taskType"], "TEXT_IMAGE");
+    assert_eq!(
+        sent["textToImageParams"]["text"],
+        "Product photo of mug in red, clean background, soft shadows"
+    );
+    assert_eq!(
+        (
+            sent["imageGenerationConfig"]["width"].as_u64(),
+            sent["imageGenerationConfig"]["quality"].as_str()
+        ),
+        (Some(1024), Some("standard"))
+    );
+}
+
+#[test]
+fn run_with_bedrock_and_no_aws_credentials_exits_2_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = write(dir.path(), "p.csv", b"sku,name,color\nA1,mug,red\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_imagepipe"))
+        .args(["run", &csv, "-t", "product", "-m", "titan-image-v2"])
+        .current_dir(dir.path())
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_CONFIG_FILE", dir.path().join("none"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("none"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("bedrock needs credentials: set AWS credentials"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -1,6 +1,7 @@
 //! The image-provider port, its errors, and the providers imagepipe ships.
 
 pub mod anycap;
+pub mod bedrock;
 pub mod gemini;
 pub mod http;
 pub mod openai;
@@ -102,15 +103,13 @@ pub enum ProviderSetupError {
     MissingCredentials { provider: String, variable: String },
     #[error("unknown provider {name:?}; known providers: {}", KNOWN_PROVIDERS.join(", "))]
     Unknown { name: String },
-    #[error("provider {provider} is misconfigured: {message}")]
-    Invalid { provider: String, message: String },
 }
 
 /// Every provider name `--provider` accepts.
 pub const KNOWN_PROVIDERS: [&str; 6] = ["placeholder", "gemini", "openai", "seedream", "anycap", "bedrock"];
 
 /// Builds the provider called `name` from the environment.
-pub fn from_env(name: &str) -> Result<std::sync::Arc<dyn ImageProvider>, ProviderSetupError> {
+pub async fn from_env(name: &str) -> Result<std::sync::Arc<dyn ImageProvider>, ProviderSetupError> {
     // Per-request timeouts are set on each call; this is only the outer bound.
     let client = || crate::publish::http_client(std::time::Duration::from_secs(900));
     Ok(match name {
@@ -119,12 +118,7 @@ pub fn from_env(name: &str) -> Result<std::sync::Arc<dyn ImageProvider>, Provide
         "openai" => std::sync::Arc::new(openai::OpenAiProvider::from_env(client())?),
         "seedream" => std::sync::Arc::new(seedream::SeedreamProvider::from_env(client())?),
         "anycap" => std::sync::Arc::new(anycap::AnyCapProvider::from_env()),
-        "bedrock" => {
-            return Err(ProviderSetupError::Invalid {
-                provider: name.to_owned(),
-                message: "this build has no Bedrock client yet; run with --provider placeholder".to_owned(),
-            });
-        }
+        "bedrock" => std::sync::Arc::new(bedrock::BedrockProvider::from_env().await?),
         other => return Err(ProviderSetupError::Unknown { name: other.to_owned() }),
     })
 }
