@@ -204,12 +204,51 @@ async fn failures_of_both_providers_get_the_right_decision() {
 }
 
 #[tokio::test]
-async fn openai_rows_with_reference_images_fail_without_a_call() {
+async fn openai_rows_with_reference_images_go_to_edits_as_multipart() {
     let server = MockServer::start().await;
-    let error = openai(&server)
-        .generate(&request("gpt-image-1", vec!["https://x/a.png".into()]))
+    Mock::given(method("GET"))
+        .and(path("/ref.png"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(render_png(8, 8, b"r").unwrap(), "image/png"))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/images/edits"))
+        .and(header("authorization", "Bearer sk-test"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "data": [{ "b64_json": b64_png() }] })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let refs = vec![format!("{}/ref.png", server.uri())];
+    let image = openai(&server).generate(&request("gpt-image-1", refs)).await.unwrap();
+
+    assert!(image.bytes.starts_with(b"\x89PNG"));
+    let edit = server
+        .received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.url.path() == "/v1/images/edits")
+        .unwrap();
+    let content_type = edit.headers.get("content-type").unwrap().to_str().unwrap().to_owned();
+    assert!(content_type.starts_with("multipart/form-data"), "{content_type}");
+    let body = String::from_utf8_lossy(&edit.body);
+    for field in [
+        "name=\"model\"",
+        "name=\"prompt\"",
+        "name=\"image[]\"; filename=\"reference-0.png\"",
+        "A red mug",
+    ] {
+        assert!(body.contains(field), "multipart body lacks {field}");
+    }
+}
+
+#[tokio::test]
+async fn seedream_refuses_references_it_cannot_fetch_without_a_call() {
+    let server = MockServer::start().await;
+    let error = seedream(&server)
+        .generate(&request("m", vec!["s3://bucket/ref.png".into()]))
         .await
         .unwrap_err();
-    assert!(!error.is_retryable() && error.to_string().contains("not supported"));
+    assert!(!error.is_retryable() && error.to_string().contains("must be an http(s) URL"));
     assert!(server.received_requests().await.unwrap().is_empty());
 }

@@ -1,12 +1,12 @@
 //! OpenAI Images `POST /v1/images/generations` for gpt-image models (`data[].b64_json`).
 //!
-//! Errors come as `{"error": {"message", "type", "code"}}`; a moderation refusal is a 400 with code
-//! `moderation_blocked`. Reference images (`/v1/images/edits`, multipart) are not sent by this client:
-//! rows with references fail with a clear reason.
+//! Rows with reference images go to `POST /v1/images/edits` as multipart (`image[]` parts, downloaded
+//! from their http(s) URLs). Errors come as `{"error": {"message", "type", "code"}}`; a moderation
+//! refusal is a 400 with code `moderation_blocked`.
 
 use serde_json::json;
 
-use super::http::{first_data_image, read_response};
+use super::http::{fetch_reference, first_data_image, read_response};
 use super::{ImageProvider, ImageRequest, ProviderError, ProviderImage, ProviderSetupError};
 use crate::template::ImageSize;
 
@@ -47,6 +47,48 @@ impl OpenAiProvider {
     }
 }
 
+impl OpenAiProvider {
+    /// `/v1/images/edits`: the prompt applied to the reference images, sent as multipart.
+    async fn edit(&self, request: &ImageRequest) -> Result<ProviderImage, ProviderError> {
+        let mut form = reqwest::multipart::Form::new()
+            .text("model", request.provider_model.clone())
+            .text("prompt", request.prompt.clone())
+            .text("size", openai_size(request.size))
+            .text("output_format", "png")
+            .text("n", "1");
+        if let Some(quality) = &request.quality {
+            form = form.text("quality", quality.clone());
+        }
+        for (i, url) in request.references.iter().enumerate() {
+            let (bytes, mime) = fetch_reference(&self.client, url, request.timeout).await?;
+            let ext = mime.rsplit('/').next().unwrap_or("png");
+            let part = reqwest::multipart::Part::bytes(bytes.to_vec())
+                .file_name(format!("reference-{i}.{ext}"))
+                .mime_str(&mime)
+                .map_err(|e| ProviderError::Rejected {
+                    message: format!("openai: reference {url}: {e}"),
+                })?;
+            form = form.part("image[]", part);
+        }
+        let url = format!("{}/v1/images/edits", self.base_url);
+        let response = self
+            .client
+            .post(&url)
+            .bearer_auth(&self.api_key)
+            .timeout(request.timeout)
+            .multipart(form)
+            .send()
+            .await;
+        let text = read_response("openai", response).await?;
+        let bytes = first_data_image(&self.client, "openai", &text, request.timeout).await?;
+        Ok(ProviderImage {
+            bytes,
+            reported_cost_usd: None,
+            request_id: None,
+        })
+    }
+}
+
 /// gpt-image sizes: the one nearest the requested aspect ratio.
 pub fn openai_size(size: ImageSize) -> &'static str {
     let ratio = f64::from(size.width) / f64::from(size.height);
@@ -68,9 +110,7 @@ impl ImageProvider for OpenAiProvider {
     #[tracing::instrument(skip_all, fields(model = %request.provider_model))]
     async fn generate(&self, request: &ImageRequest) -> Result<ProviderImage, ProviderError> {
         if !request.references.is_empty() {
-            return Err(ProviderError::Rejected {
-                message: "openai: reference images (image edits) are not supported by this client".into(),
-            });
+            return self.edit(request).await;
         }
         let mut body = json!({
             "model": request.provider_model,

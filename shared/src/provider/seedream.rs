@@ -62,6 +62,16 @@ impl ImageProvider for SeedreamProvider {
             "watermark": false,
             "response_format": "b64_json",
         });
+        if let Some(other) = request
+            .references
+            .iter()
+            .find(|r| !r.starts_with("http://") && !r.starts_with("https://"))
+        {
+            // ModelArk fetches references itself, so they must be URLs it can reach.
+            return Err(ProviderError::Rejected {
+                message: format!("seedream: reference {other:?} must be an http(s) URL"),
+            });
+        }
         if !request.references.is_empty() {
             body["image"] = json!(request.references);
         }
