@@ -11,7 +11,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::http::{fetch_reference, read_response, snippet};
+use super::http::{ApiEndpoint, fetch_reference, read_response, snippet};
 use super::{ImageProvider, ImageRequest, ProviderError, ProviderImage, ProviderSetupError};
 use crate::template::ImageSize;
 
@@ -33,48 +33,35 @@ const ASPECT_RATIOS: [(&str, f64); 10] = [
 ];
 
 /// A Gemini API client.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct GeminiProvider {
-    client: reqwest::Client,
-    base_url: String,
-    api_key: String,
-}
-
-impl std::fmt::Debug for GeminiProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GeminiProvider")
-            .field("base_url", &self.base_url)
-            .field("api_key", &"<redacted>")
-            .finish()
-    }
+    api: ApiEndpoint,
 }
 
 impl GeminiProvider {
     pub fn new(client: reqwest::Client, base_url: &str, api_key: &str) -> Self {
         Self {
-            client,
-            base_url: base_url.trim_end_matches('/').to_owned(),
-            api_key: api_key.to_owned(),
+            api: ApiEndpoint::new(client, base_url, api_key),
         }
     }
 
     /// From `GEMINI_API_KEY` and, optionally, `IMAGEPIPE_GEMINI_BASE_URL`.
     pub fn from_env(client: reqwest::Client) -> Result<Self, ProviderSetupError> {
-        let key = std::env::var("GEMINI_API_KEY")
-            .ok()
-            .filter(|k| !k.trim().is_empty())
-            .ok_or_else(|| ProviderSetupError::MissingCredentials {
-                provider: "gemini".into(),
-                variable: "GEMINI_API_KEY".into(),
-            })?;
-        let base = std::env::var("IMAGEPIPE_GEMINI_BASE_URL").unwrap_or_else(|_| DEFAULT_BASE_URL.to_owned());
-        Ok(Self::new(client, &base, &key))
+        Ok(Self {
+            api: ApiEndpoint::from_env(
+                client,
+                "gemini",
+                "GEMINI_API_KEY",
+                "IMAGEPIPE_GEMINI_BASE_URL",
+                DEFAULT_BASE_URL,
+            )?,
+        })
     }
 
     async fn body(&self, request: &ImageRequest) -> Result<Value, ProviderError> {
         let mut parts = vec![json!({ "text": request.prompt })];
         for url in &request.references {
-            let (bytes, mime) = fetch_reference(&self.client, url, request.timeout).await?;
+            let (bytes, mime) = fetch_reference(&self.api.client, url, request.timeout).await?;
             parts.push(json!({ "inline_data": { "mime_type": mime, "data": BASE64.encode(&bytes) } }));
         }
         let mut image_config = json!({ "aspectRatio": aspect_ratio(request.size) });
@@ -113,15 +100,15 @@ impl ImageProvider for GeminiProvider {
 
     #[tracing::instrument(skip_all, fields(model = %request.provider_model))]
     async fn generate(&self, request: &ImageRequest) -> Result<ProviderImage, ProviderError> {
-        let url = format!(
-            "{}/v1beta/models/{}:generateContent",
-            self.base_url, request.provider_model
-        );
+        let url = self
+            .api
+            .url(&format!("/v1beta/models/{}:generateContent", request.provider_model));
         let body = self.body(request).await?;
         let response = self
+            .api
             .client
             .post(&url)
-            .header("x-goog-api-key", &self.api_key)
+            .header("x-goog-api-key", self.api.api_key())
             .timeout(request.timeout)
             .json(&body)
             .send()

@@ -175,6 +175,55 @@ pub async fn read_response(
     }
 }
 
+/// An HTTP API reached with an API key: the shared client, the base URL, and the key (never printed).
+#[derive(Clone)]
+pub struct ApiEndpoint {
+    pub client: reqwest::Client,
+    base_url: String,
+    api_key: String,
+}
+
+impl std::fmt::Debug for ApiEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiEndpoint")
+            .field("base_url", &self.base_url)
+            .field("api_key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl ApiEndpoint {
+    pub fn new(client: reqwest::Client, base_url: &str, api_key: &str) -> Self {
+        Self {
+            client,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            api_key: api_key.to_owned(),
+        }
+    }
+
+    /// The key from `key_var` (required) and the base URL from `base_var` (else `default_base`).
+    pub fn from_env(
+        client: reqwest::Client,
+        provider: &str,
+        key_var: &str,
+        base_var: &str,
+        default_base: &str,
+    ) -> Result<Self, super::ProviderSetupError> {
+        let key = super::env_key(provider, key_var)?;
+        let base = std::env::var(base_var).unwrap_or_else(|_| default_base.to_owned());
+        Ok(Self::new(client, &base, &key))
+    }
+
+    /// `base_url` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    pub fn api_key(&self) -> &str {
+        &self.api_key
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@
 
 use serde_json::json;
 
-use super::http::{fetch_reference, first_data_image, read_response};
+use super::http::{ApiEndpoint, fetch_reference, first_data_image, read_response};
 use super::{ImageProvider, ImageRequest, ProviderError, ProviderImage, ProviderSetupError};
 use crate::template::ImageSize;
 
@@ -14,40 +14,53 @@ use crate::template::ImageSize;
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com";
 
 /// An OpenAI Images client.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct OpenAiProvider {
-    client: reqwest::Client,
-    base_url: String,
-    api_key: String,
-}
-
-impl std::fmt::Debug for OpenAiProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAiProvider")
-            .field("base_url", &self.base_url)
-            .field("api_key", &"<redacted>")
-            .finish()
-    }
+    api: ApiEndpoint,
 }
 
 impl OpenAiProvider {
     pub fn new(client: reqwest::Client, base_url: &str, api_key: &str) -> Self {
         Self {
-            client,
-            base_url: base_url.trim_end_matches('/').to_owned(),
-            api_key: api_key.to_owned(),
+            api: ApiEndpoint::new(client, base_url, api_key),
         }
     }
 
     /// From `OPENAI_API_KEY` and, optionally, `IMAGEPIPE_OPENAI_BASE_URL`.
     pub fn from_env(client: reqwest::Client) -> Result<Self, ProviderSetupError> {
-        let key = super::env_key("openai", "OPENAI_API_KEY")?;
-        let base = std::env::var("IMAGEPIPE_OPENAI_BASE_URL").unwrap_or_else(|_| DEFAULT_BASE_URL.to_owned());
-        Ok(Self::new(client, &base, &key))
+        Ok(Self {
+            api: ApiEndpoint::from_env(
+                client,
+                "openai",
+                "OPENAI_API_KEY",
+                "IMAGEPIPE_OPENAI_BASE_URL",
+                DEFAULT_BASE_URL,
+            )?,
+        })
     }
 }
 
 impl OpenAiProvider {
+    /// Sends with the key and the request's timeout, and reads `data[0]`.
+    async fn send(
+        &self,
+        post: reqwest::RequestBuilder,
+        request: &ImageRequest,
+    ) -> Result<ProviderImage, ProviderError> {
+        let response = post
+            .bearer_auth(self.api.api_key())
+            .timeout(request.timeout)
+            .send()
+            .await;
+        let text = read_response("openai", response).await?;
+        let bytes = first_data_image(&self.api.client, "openai", &text, request.timeout).await?;
+        Ok(ProviderImage {
+            bytes,
+            reported_cost_usd: None,
+            request_id: None,
+        })
+    }
+
     /// `/v1/images/edits`: the prompt applied to the reference images, sent as multipart.
     async fn edit(&self, request: &ImageRequest) -> Result<ProviderImage, ProviderError> {
         let mut form = reqwest::multipart::Form::new()
@@ -60,7 +73,7 @@ impl OpenAiProvider {
             form = form.text("quality", quality.clone());
         }
         for (i, url) in request.references.iter().enumerate() {
-            let (bytes, mime) = fetch_reference(&self.client, url, request.timeout).await?;
+            let (bytes, mime) = fetch_reference(&self.api.client, url, request.timeout).await?;
             let ext = mime.rsplit('/').next().unwrap_or("png");
             let part = reqwest::multipart::Part::bytes(bytes.to_vec())
                 .file_name(format!("reference-{i}.{ext}"))
@@ -70,22 +83,8 @@ impl OpenAiProvider {
                 })?;
             form = form.part("image[]", part);
         }
-        let url = format!("{}/v1/images/edits", self.base_url);
-        let response = self
-            .client
-            .post(&url)
-            .bearer_auth(&self.api_key)
-            .timeout(request.timeout)
-            .multipart(form)
-            .send()
-            .await;
-        let text = read_response("openai", response).await?;
-        let bytes = first_data_image(&self.client, "openai", &text, request.timeout).await?;
-        Ok(ProviderImage {
-            bytes,
-            reported_cost_usd: None,
-            request_id: None,
-        })
+        let post = self.api.client.post(self.api.url("/v1/images/edits")).multipart(form);
+        self.send(post, request).await
     }
 }
 
@@ -122,21 +121,7 @@ impl ImageProvider for OpenAiProvider {
         if let Some(quality) = &request.quality {
             body["quality"] = json!(quality);
         }
-        let url = format!("{}/v1/images/generations", self.base_url);
-        let response = self
-            .client
-            .post(&url)
-            .bearer_auth(&self.api_key)
-            .timeout(request.timeout)
-            .json(&body)
-            .send()
-            .await;
-        let text = read_response("openai", response).await?;
-        let bytes = first_data_image(&self.client, "openai", &text, request.timeout).await?;
-        Ok(ProviderImage {
-            bytes,
-            reported_cost_usd: None,
-            request_id: None,
-        })
+        let post = self.api.client.post(self.api.url("/v1/images/generations")).json(&body);
+        self.send(post, request).await
     }
 }

@@ -6,43 +6,36 @@
 
 use serde_json::json;
 
-use super::http::{first_data_image, read_response};
+use super::http::{ApiEndpoint, first_data_image, read_response};
 use super::{ImageProvider, ImageRequest, ProviderError, ProviderImage, ProviderSetupError};
 
 /// The public endpoint; `IMAGEPIPE_ARK_BASE_URL` overrides it.
 pub const DEFAULT_BASE_URL: &str = "https://ark.ap-southeast.bytepluses.com";
 
 /// A ModelArk client.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct SeedreamProvider {
-    client: reqwest::Client,
-    base_url: String,
-    api_key: String,
-}
-
-impl std::fmt::Debug for SeedreamProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SeedreamProvider")
-            .field("base_url", &self.base_url)
-            .field("api_key", &"<redacted>")
-            .finish()
-    }
+    api: ApiEndpoint,
 }
 
 impl SeedreamProvider {
     pub fn new(client: reqwest::Client, base_url: &str, api_key: &str) -> Self {
         Self {
-            client,
-            base_url: base_url.trim_end_matches('/').to_owned(),
-            api_key: api_key.to_owned(),
+            api: ApiEndpoint::new(client, base_url, api_key),
         }
     }
 
     /// From `ARK_API_KEY` and, optionally, `IMAGEPIPE_ARK_BASE_URL`.
     pub fn from_env(client: reqwest::Client) -> Result<Self, ProviderSetupError> {
-        let key = super::env_key("seedream", "ARK_API_KEY")?;
-        let base = std::env::var("IMAGEPIPE_ARK_BASE_URL").unwrap_or_else(|_| DEFAULT_BASE_URL.to_owned());
-        Ok(Self::new(client, &base, &key))
+        Ok(Self {
+            api: ApiEndpoint::from_env(
+                client,
+                "seedream",
+                "ARK_API_KEY",
+                "IMAGEPIPE_ARK_BASE_URL",
+                DEFAULT_BASE_URL,
+            )?,
+        })
     }
 }
 
@@ -75,17 +68,18 @@ impl ImageProvider for SeedreamProvider {
         if !request.references.is_empty() {
             body["image"] = json!(request.references);
         }
-        let url = format!("{}/api/v3/images/generations", self.base_url);
+        let url = self.api.url("/api/v3/images/generations");
         let response = self
+            .api
             .client
             .post(&url)
-            .bearer_auth(&self.api_key)
+            .bearer_auth(self.api.api_key())
             .timeout(request.timeout)
             .json(&body)
             .send()
             .await;
         let text = read_response("seedream", response).await?;
-        let bytes = first_data_image(&self.client, "seedream", &text, request.timeout).await?;
+        let bytes = first_data_image(&self.api.client, "seedream", &text, request.timeout).await?;
         Ok(ProviderImage {
             bytes,
             reported_cost_usd: None,
