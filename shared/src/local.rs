@@ -93,9 +93,16 @@ impl LocalRun {
     /// finished row with (rows done, rows to do).
     pub async fn run(&self, progress: impl Fn(u64, u64)) -> Result<RunReport, RunError> {
         let started = Instant::now();
-        let plan = self.plan()?;
+        // One pass validates and prices every row and hashes the file for the run id.
+        let mut input = HashingReader {
+            inner: self.open()?,
+            hasher: Sha256::new(),
+        };
+        let file = self.csv.display().to_string();
+        let plan = plan_csv(&mut input, &file, &self.template, self.model.as_deref(), &self.catalog)?;
+        let digest = hex::encode(input.hasher.finalize());
         let model = self.catalog.model(&plan.model).map_err(PlanError::from)?.clone();
-        let run_id = run_id(&[&self.content_digest()?, &plan.template, &plan.model]);
+        let run_id = run_id(&[&digest, &plan.template, &plan.model]);
         let store = FsObjectStore::new(&self.out_dir);
         let mut report = ReportBuilder::new(
             &run_id,
@@ -203,20 +210,6 @@ impl LocalRun {
         }))
     }
 
-    fn content_digest(&self) -> Result<String, RunError> {
-        let mut input = self.open()?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0; 64 * 1024];
-        loop {
-            let n = input.read(&mut buf).map_err(|e| self.read_error(e))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        Ok(hex::encode(hasher.finalize()))
-    }
-
     async fn write_report(&self, store: &FsObjectStore, report: &RunReport) -> Result<(), RunError> {
         let body = serde_json::to_vec_pretty(report).map_err(|e| RunError::Report(e.to_string()))?;
         let object = NewObject {
@@ -229,6 +222,20 @@ impl LocalRun {
             .put(&report_key(&report.run_id), object)
             .await
             .map_err(|e| RunError::Report(e.to_string()))
+    }
+}
+
+/// Hashes what passes through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
     }
 }
 
