@@ -30,11 +30,6 @@ impl ImageFormat {
             Self::Webp => "image/webp",
         }
     }
-
-    /// The format a file extension stands for.
-    pub fn from_extension(ext: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|f| f.extension() == ext)
-    }
 }
 
 /// What the header of an image says.
@@ -71,15 +66,21 @@ fn describe(bytes: &[u8]) -> String {
     if bytes.is_empty() {
         return "an empty body".to_owned();
     }
-    let head = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).to_lowercase();
+    let head = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
     let head = head.trim_start();
-    if head.starts_with("<!doctype html") || head.starts_with("<html") {
+    if looks_like_html(head) {
         "an HTML page".to_owned()
     } else if head.starts_with('{') || head.starts_with('[') {
         "a JSON document".to_owned()
     } else {
         format!("{} bytes of unrecognised data", bytes.len())
     }
+}
+
+/// Whether a body is an HTML page (an error page from a proxy or gateway, typically).
+pub fn looks_like_html(text: &str) -> bool {
+    let start: String = text.trim_start().chars().take(14).collect::<String>().to_lowercase();
+    start.starts_with("<!doctype html") || start.starts_with("<html")
 }
 
 fn be_u32(b: &[u8], at: usize) -> Option<u32> {

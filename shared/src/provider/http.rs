@@ -43,14 +43,12 @@ pub fn status_error(provider: &str, status: u16, headers: &HeaderMap, message: &
     }
 }
 
-/// The first `limit` characters of a body, for error messages; HTML pages are named, not quoted.
+/// The first 300 characters of a body, for error messages; HTML pages are named, not quoted.
 pub fn snippet(body: &str) -> String {
-    let trimmed = body.trim_start();
-    let lower: String = trimmed.chars().take(15).collect::<String>().to_lowercase();
-    if lower.starts_with("<!doctype html") || lower.starts_with("<html") {
+    if crate::image_format::looks_like_html(body) {
         return "an HTML page instead of JSON".to_owned();
     }
-    trimmed.chars().take(300).collect()
+    body.trim_start().chars().take(300).collect()
 }
 
 /// Downloads an http(s) reference image; s3:// references need the AWS object store.
