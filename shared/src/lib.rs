@@ -5,13 +5,17 @@
 
 pub mod adapters;
 pub mod catalog;
+pub mod config;
+pub mod events;
 pub mod image_format;
 pub mod job;
 pub mod key;
+pub mod lambda;
 pub mod local;
 pub mod pattern;
 pub mod provider;
 pub mod publish;
+pub mod queue;
 pub mod report;
 pub mod retry;
 pub mod rows;

@@ -25,12 +25,18 @@ pub trait Notifier: Send + Sync {
     fn post(&self, text: &str) -> impl Future<Output = Result<(), PublishError>> + Send;
 }
 
-/// `PATCH {base}/api/products/{sku}` with `{"image_url": …}` and a Bearer token.
+/// By default `PATCH {base}/api/products/{sku}` with `{"image_url": …}` and a Bearer token; method,
+/// path and body are configurable for other CMSs.
 #[derive(Clone)]
 pub struct HttpCms {
     client: reqwest::Client,
     base_url: String,
     token: String,
+    method: reqwest::Method,
+    /// With `{sku}`.
+    path: String,
+    /// JSON with `{sku}` and `{image_url}`, filled in JSON-escaped.
+    body: String,
 }
 
 impl std::fmt::Debug for HttpCms {
@@ -48,19 +54,47 @@ impl HttpCms {
             client,
             base_url: base_url.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
+            method: reqwest::Method::PATCH,
+            path: "/api/products/{sku}".into(),
+            body: r#"{"image_url": "{image_url}"}"#.into(),
         }
     }
+
+    /// Another request shape: `method`, a `path` with `{sku}`, a JSON `body` with `{sku}` and `{image_url}`.
+    pub fn with_request(mut self, method: &str, path: &str, body: &str) -> Result<Self, String> {
+        self.method = reqwest::Method::from_bytes(method.trim().to_ascii_uppercase().as_bytes())
+            .map_err(|_| format!("CMS_METHOD {method:?} is not an HTTP method"))?;
+        let probe = fill(body, "sku", "url");
+        serde_json::from_str::<serde_json::Value>(&probe)
+            .map_err(|e| format!("CMS_BODY is not a JSON template: {e}"))?;
+        self.path = path.to_owned();
+        self.body = body.to_owned();
+        Ok(self)
+    }
+}
+
+/// `template` with `{sku}` and `{image_url}` replaced by JSON-escaped values.
+fn fill(template: &str, sku: &str, image_url: &str) -> String {
+    let escape = |v: &str| {
+        serde_json::to_string(v)
+            .map(|q| q[1..q.len() - 1].to_owned())
+            .unwrap_or_default()
+    };
+    template
+        .replace("{sku}", &escape(sku))
+        .replace("{image_url}", &escape(image_url))
 }
 
 impl Cms for HttpCms {
     #[tracing::instrument(skip(self, image_url))]
     async fn update_image(&self, sku: &str, image_url: &str) -> Result<(), PublishError> {
-        let url = format!("{}/api/products/{sku}", self.base_url);
+        let url = format!("{}{}", self.base_url, self.path.replace("{sku}", sku));
         let response = self
             .client
-            .patch(&url)
+            .request(self.method.clone(), &url)
             .bearer_auth(&self.token)
-            .json(&json!({ "image_url": image_url }))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(fill(&self.body, sku, image_url))
             .send()
             .await;
         check(response, "CMS").await

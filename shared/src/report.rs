@@ -60,6 +60,9 @@ pub struct RunReport {
     /// Images stored but not recorded in the CMS (the image itself succeeded).
     #[serde(default)]
     pub cms_failures: Vec<FailureEntry>,
+    /// Why nothing was generated (over budget, unreadable CSV, unknown template); `None` for a run that went ahead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
 }
 
 /// Collects outcomes as they arrive and produces a consistent report.
@@ -98,6 +101,7 @@ impl ReportBuilder {
                 invalid_rows: Vec::new(),
                 cms_updated: 0,
                 cms_failures: Vec::new(),
+                rejected: None,
             },
         }
     }

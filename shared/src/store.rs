@@ -67,6 +67,9 @@ pub trait ObjectStore: Send + Sync {
     /// Reads the object at `key`, `None` when absent.
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Bytes>, StoreError>> + Send;
 
+    /// Keys starting with `prefix`, in lexicographic order.
+    fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
     /// Finds an image stored at `stem.<png|jpg|webp>`.
     fn find_image(&self, stem: &str) -> impl Future<Output = Result<Option<StoredObject>, StoreError>> + Send;
 }

@@ -1,7 +1,15 @@
-//! The generator Lambda function. This version does not ship it yet: the binary says so and exits
-//! with an error rather than pretending to handle events. Use `imagepipe run` for local runs.
+//! The generator Lambda function: SQS batches of jobs → images in S3, outcomes to the events queue.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("the imagepipe generator function is not part of this version; use `imagepipe run` locally");
-    std::process::ExitCode::FAILURE
+use generator::handler;
+use imagepipe::config::Config;
+use imagepipe::lambda::{AwsClients, init_tracing};
+use lambda_runtime::{Error, run, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    init_tracing();
+    let clients = AwsClients::from_env().await;
+    imagepipe::adapters::ssm_secrets::load_secrets(&clients.ssm).await?;
+    let deps = handler::Deps::new(&clients, Config::from_env()?)?;
+    run(service_fn(|event| handler::handle(&deps, event))).await
 }

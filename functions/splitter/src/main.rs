@@ -1,7 +1,18 @@
-//! The splitter Lambda function. This version does not ship it yet: the binary says so and exits
-//! with an error rather than pretending to handle events. Use `imagepipe run` for local runs.
+//! The splitter Lambda function: an S3 upload or a schedule names a CSV; its rows become jobs.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("the imagepipe splitter function is not part of this version; use `imagepipe run` locally");
-    std::process::ExitCode::FAILURE
+use imagepipe::config::Config;
+use imagepipe::lambda::{AwsClients, init_tracing};
+use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+use splitter::handler;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    init_tracing();
+    let clients = AwsClients::from_env().await;
+    imagepipe::adapters::ssm_secrets::load_secrets(&clients.ssm).await?;
+    let deps = handler::Deps::new(&clients, Config::from_env()?)?;
+    run(service_fn(|event: LambdaEvent<serde_json::Value>| {
+        handler::handle(&deps, event)
+    }))
+    .await
 }

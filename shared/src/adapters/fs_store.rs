@@ -50,6 +50,28 @@ fn io_error(path: &Path, e: std::io::Error) -> StoreError {
     }
 }
 
+/// Adds the keys of every file below `dir` (temporary files aside) to `keys`.
+fn collect_keys(root: &Path, dir: &Path, keys: &mut Vec<String>) -> Result<(), StoreError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error(dir, e)),
+    };
+    for entry in entries {
+        let path = entry.map_err(|e| io_error(dir, e))?.path();
+        if path.is_dir() {
+            collect_keys(root, &path, keys)?;
+        } else if let Ok(relative) = path.strip_prefix(root)
+            && !relative
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        {
+            keys.push(relative.to_string_lossy().replace('\\', "/"));
+        }
+    }
+    Ok(())
+}
+
 impl ObjectStore for FsObjectStore {
     #[tracing::instrument(skip(self, object), fields(bytes = object.body.len()))]
     async fn put_if_absent(&self, key: &str, object: NewObject) -> Result<PutOutcome, StoreError> {
@@ -79,6 +101,22 @@ impl ObjectStore for FsObjectStore {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_error(&path, e)),
         }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_owned();
+        tokio::task::spawn_blocking(move || {
+            // Only the directory the prefix names can hold matching keys.
+            let dir = prefix.rsplit_once('/').map_or("", |(dir, _)| dir);
+            let mut keys = Vec::new();
+            collect_keys(&root, &root.join(dir), &mut keys)?;
+            keys.retain(|k| k.starts_with(&prefix));
+            keys.sort();
+            Ok(keys)
+        })
+        .await
+        .map_err(|e| StoreError::Failed(e.to_string()))?
     }
 
     async fn find_image(&self, key: &str) -> Result<Option<StoredObject>, StoreError> {

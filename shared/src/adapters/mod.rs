@@ -1,3 +1,6 @@
-//! Adapters of the ports: local (filesystem) and, with the `aws` feature, S3 and SQS.
+//! Adapters of the ports: a directory and S3 as object stores, SQS as the queue, SSM for secrets.
 
 pub mod fs_store;
+pub mod s3_store;
+pub mod sqs_queue;
+pub mod ssm_secrets;

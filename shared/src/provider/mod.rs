@@ -125,11 +125,8 @@ pub async fn from_env(name: &str) -> Result<std::sync::Arc<dyn ImageProvider>, P
 
 /// A required, non-empty API key from `variable`.
 fn env_key(provider: &str, variable: &str) -> Result<String, ProviderSetupError> {
-    std::env::var(variable)
-        .ok()
-        .filter(|k| !k.trim().is_empty())
-        .ok_or_else(|| ProviderSetupError::MissingCredentials {
-            provider: provider.to_owned(),
-            variable: variable.to_owned(),
-        })
+    crate::config::secret(variable).ok_or_else(|| ProviderSetupError::MissingCredentials {
+        provider: provider.to_owned(),
+        variable: variable.to_owned(),
+    })
 }

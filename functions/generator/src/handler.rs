@@ -1,0 +1,111 @@
+//! Runs the records of an SQS batch concurrently through the deliver use case and reports, per
+//! record, only what must come back (`ReportBatchItemFailures`).
+
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use futures::StreamExt;
+use imagepipe::adapters::s3_store::S3ObjectStore;
+use imagepipe::adapters::sqs_queue::SqsQueue;
+use imagepipe::catalog::Catalog;
+use imagepipe::config::{Config, ConfigError};
+use imagepipe::job::Job;
+use imagepipe::lambda::{AwsClients, time_left};
+use imagepipe::queue::MessageQueue;
+use imagepipe::retry::RetryPolicy;
+use imagepipe::usecase::deliver::{Disposition, Generator, Providers};
+use lambda_runtime::{Error, LambdaEvent};
+use tracing::Instrument;
+
+/// Built once per container.
+pub struct Deps {
+    pub generator: Generator<S3ObjectStore, SqsQueue>,
+    /// For the back-off of retried records.
+    pub jobs: SqsQueue,
+}
+
+/// Back-off between deliveries of a retried job: 10 s, 20 s, 40 s … up to 15 minutes, jittered.
+pub const BACKOFF: RetryPolicy = RetryPolicy {
+    max_attempts: u32::MAX,
+    base: Duration::from_secs(10),
+    cap: Duration::from_secs(900),
+};
+
+impl Deps {
+    pub fn new(clients: &AwsClients, config: Config) -> Result<Self, ConfigError> {
+        let store = S3ObjectStore::new(clients.s3.clone(), &config.bucket);
+        let bucket = config.bucket.clone();
+        Ok(Self {
+            jobs: SqsQueue::new(clients.sqs.clone(), config.jobs_queue_url()?),
+            generator: Generator {
+                events: SqsQueue::new(clients.sqs.clone(), config.events_queue_url()?),
+                store,
+                catalog: Catalog::builtin(),
+                providers: Providers::new(config.provider),
+                provider_timeout: config.provider_timeout,
+                max_receive_count: config.max_receive_count,
+                backoff: BACKOFF,
+                location: Box::new(move |key| format!("s3://{bucket}/{key}")),
+            },
+        })
+    }
+}
+
+/// Handles a batch: every record on its own, concurrently; returns the records to deliver again.
+pub async fn handle(deps: &Deps, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, Error> {
+    let deadline = event.context.deadline;
+    let records = event.payload.records;
+    let concurrency = records.len().max(1);
+    let failed: Vec<String> = futures::stream::iter(records)
+        .map(|record| async move {
+            let span = tracing::info_span!("record", message_id = record.message_id.as_deref().unwrap_or("-"));
+            let retry = handle_record(deps, &record, deadline).instrument(span).await;
+            retry.then(|| record.message_id.clone().unwrap_or_default())
+        })
+        .buffer_unordered(concurrency)
+        .filter_map(|id| async move { id })
+        .collect()
+        .await;
+    let mut response = SqsBatchResponse::default();
+    for id in failed {
+        response.add_failure(id);
+    }
+    Ok(response)
+}
+
+/// Whether the record must be delivered again.
+async fn handle_record(deps: &Deps, record: &SqsMessage, deadline_ms: u64) -> bool {
+    let body = record.body.as_deref().unwrap_or_default();
+    let job: Job = match serde_json::from_str(body) {
+        Ok(job) => job,
+        Err(e) => {
+            // It fails alone; after the queue's last delivery it rests in the jobs DLQ for a person to see.
+            tracing::error!(error = %e, body = %body.chars().take(500).collect::<String>(), "job message does not parse");
+            return true;
+        }
+    };
+    let receive_count = record
+        .attributes
+        .get("ApproximateReceiveCount")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(1);
+    match deps
+        .generator
+        .deliver(&job, receive_count, time_left(deadline_ms))
+        .await
+    {
+        Disposition::Done => false,
+        Disposition::RetryAfter(after) => {
+            if let Some(handle) = record.receipt_handle.as_deref()
+                && let Err(e) = deps.jobs.delay(handle, after).await
+            {
+                tracing::warn!(error = %e, "back-off not set; the queue's visibility timeout applies");
+            }
+            true
+        }
+        Disposition::HandBack(reason) => {
+            tracing::warn!(%reason, "handed back");
+            true
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Decodes the trigger (S3 `ObjectCreated` or a scheduled run input), picks template and model, and
+//! runs the split use case.
+
+use aws_lambda_events::event::s3::S3Event;
+use imagepipe::adapters::s3_store::{S3Csv, S3ObjectStore};
+use imagepipe::adapters::sqs_queue::SqsQueue;
+use imagepipe::catalog::Catalog;
+use imagepipe::config::{Config, ConfigError};
+use imagepipe::lambda::AwsClients;
+use imagepipe::template::TemplateSet;
+use imagepipe::usecase::split::{CsvSource, SplitSettings, Splitter};
+use lambda_runtime::{Error, LambdaEvent};
+use serde::{Deserialize, Serialize};
+
+/// Built once per container.
+pub struct Deps {
+    pub clients: AwsClients,
+    pub splitter: Splitter<S3ObjectStore, SqsQueue, SqsQueue>,
+    pub templates: TemplateSet,
+}
+
+impl Deps {
+    pub fn new(clients: &AwsClients, config: Config) -> Result<Self, ConfigError> {
+        Ok(Self {
+            clients: clients.clone(),
+            splitter: Splitter {
+                store: S3ObjectStore::new(clients.s3.clone(), &config.bucket),
+                jobs: SqsQueue::new(clients.sqs.clone(), config.jobs_queue_url()?),
+                events: SqsQueue::new(clients.sqs.clone(), config.events_queue_url()?),
+                catalog: Catalog::builtin(),
+                settings: SplitSettings {
+                    provider: config.provider,
+                    max_run_cost_usd: config.max_run_cost_usd,
+                    max_rows: config.max_rows_per_run,
+                    send_concurrency: config.send_concurrency,
+                },
+            },
+            templates: TemplateSet::builtin(),
+        })
+    }
+}
+
+/// The input of a scheduled run (the EventBridge target's input).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduledRun {
+    /// `s3://bucket/key` of the CSV.
+    pub csv: String,
+    pub template: Option<String>,
+    pub model: Option<String>,
+}
+
+/// One CSV to split.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub bucket: String,
+    pub key: String,
+    /// ETag of the version the event names; looked up when the event has none (a schedule).
+    pub etag: Option<String>,
+    pub template: Option<String>,
+    pub model: Option<String>,
+}
+
+/// What one CSV became, returned to the invoker.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Outcome {
+    pub csv: String,
+    pub run_id: String,
+    pub jobs_sent: u64,
+    pub invalid_rows: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
+    pub duplicate: bool,
+}
+
+/// The requests in an event: S3 records (keys arrive URL-encoded) or one scheduled run.
+pub fn requests(event: serde_json::Value) -> Result<Vec<Request>, String> {
+    if event.get("Event").and_then(|e| e.as_str()) == Some("s3:TestEvent") {
+        return Ok(Vec::new());
+    }
+    if event.get("Records").is_some() {
+        let event: S3Event = serde_json::from_value(event).map_err(|e| format!("not an S3 event: {e}"))?;
+        return event
+            .records
+            .into_iter()
+            .filter(|r| r.event_name.as_deref().is_some_and(|n| n.starts_with("ObjectCreated")))
+            .map(|r| {
+                let bucket = r.s3.bucket.name.ok_or("S3 record without a bucket name")?;
+                let key = url_decode(&r.s3.object.key.ok_or("S3 record without an object key")?);
+                Ok(Request {
+                    template: template_from_key(&key),
+                    bucket,
+                    key,
+                    etag: r.s3.object.e_tag.filter(|e| !e.is_empty()).or(r.s3.object.version_id),
+                    model: None,
+                })
+            })
+            .collect();
+    }
+    let input = event
+        .get("detail")
+        .filter(|d| d.get("csv").is_some())
+        .cloned()
+        .unwrap_or(event);
+    let run: ScheduledRun = serde_json::from_value(input).map_err(|e| {
+        format!("not an S3 event nor a scheduled run input {{\"csv\": \"s3://bucket/key\", \"template\": …, \"model\": …}}: {e}")
+    })?;
+    let (bucket, key) = run
+        .csv
+        .strip_prefix("s3://")
+        .and_then(|rest| rest.split_once('/'))
+        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+        .ok_or_else(|| format!("csv {:?} is not an s3://bucket/key URI", run.csv))?;
+    Ok(vec![Request {
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+        etag: None,
+        template: run.template.or_else(|| template_from_key(key)),
+        model: run.model,
+    }])
+}
+
+/// `incoming/<template>/<name>.csv` names its template.
+fn template_from_key(key: &str) -> Option<String> {
+    let parts: Vec<&str> = key.split('/').collect();
+    (parts.len() >= 3 && parts[0] == "incoming" && !parts[1].is_empty()).then(|| parts[1].to_owned())
+}
+
+/// S3 event keys are form-URL-encoded (`+` for space, `%2F` for `/`).
+fn url_decode(text: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%' && i + 2 < bytes.len())
+            .then(|| Some(hex(bytes[i + 1])? * 16 + hex(bytes[i + 2])?))
+            .flatten();
+        match (bytes[i], escaped) {
+            (_, Some(byte)) => {
+                out.push(byte);
+                i += 2;
+            }
+            (b'+', None) => out.push(b' '),
+            (byte, None) => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Splits every CSV the event names.
+pub async fn handle(deps: &Deps, event: LambdaEvent<serde_json::Value>) -> Result<Vec<Outcome>, Error> {
+    let mut outcomes = Vec::new();
+    for request in requests(event.payload)? {
+        outcomes.push(split_one(deps, request).await?);
+    }
+    Ok(outcomes)
+}
+
+async fn split_one(deps: &Deps, request: Request) -> Result<Outcome, Error> {
+    let source_store = S3ObjectStore::new(deps.clients.s3.clone(), &request.bucket);
+    let etag = match request.etag {
+        Some(etag) => etag,
+        None => source_store
+            .etag(&request.key)
+            .await?
+            .ok_or_else(|| format!("{} does not exist", source_store.uri(&request.key)))?,
+    };
+    let source = S3Csv::new(source_store, &request.key, &etag);
+    let template = match &request.template {
+        None => Err(format!(
+            "no template: upload the CSV as incoming/<template>/<name>.csv or name one in the schedule's input; templates: {}",
+            deps.templates.names().collect::<Vec<_>>().join(", ")
+        )),
+        Some(name) => deps.templates.get(name).map_err(|e| e.to_string()),
+    };
+    let split = deps.splitter.split(&source, template, request.model.as_deref()).await?;
+    Ok(Outcome {
+        csv: source.name().to_owned(),
+        run_id: split.run_id,
+        jobs_sent: split.sent,
+        invalid_rows: split.summary.invalid_rows.len(),
+        rejected: split.summary.rejected,
+        duplicate: split.duplicate,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_put_event_names_bucket_decoded_key_etag_and_template() {
+        let event = serde_json::from_str(include_str!("../../../events/s3-put.json")).unwrap();
+        let requests = requests(event).unwrap();
+        assert_eq!(
+            requests,
+            vec![Request {
+                bucket: "imagepipe-example".into(),
+                key: "incoming/product_hero/spring launch.csv".into(),
+                etag: Some("0123456789abcdef0123456789abcdef".into()),
+                template: Some("product_hero".into()),
+                model: None,
+            }]
+        );
+    }
+
+    #[test]
+    fn scheduled_input_names_csv_template_and_model() {
+        let event = serde_json::from_str(include_str!("../../../events/scheduled-run.json")).unwrap();
+        let requests = requests(event).unwrap();
+        assert_eq!(requests[0].bucket, "imagepipe-example");
+        assert_eq!(requests[0].key, "catalog/products.csv");
+        assert_eq!(requests[0].template.as_deref(), Some("product_hero"));
+        assert_eq!(requests[0].model.as_deref(), Some("nano-banana"));
+    }
+
+    #[test]
+    fn unusable_events_say_what_was_expected() {
+        let error = requests(serde_json::json!({"csv": "products.csv"})).unwrap_err();
+        assert!(error.contains("s3://bucket/key"), "{error}");
+        let error = requests(serde_json::json!({"hello": 1})).unwrap_err();
+        assert!(error.contains("scheduled run input"), "{error}");
+        assert_eq!(requests(serde_json::json!({"Event": "s3:TestEvent"})).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn url_decoding_handles_plus_percent_and_stray_percent() {
+        assert_eq!(url_decode("incoming%2Fa+b%C3%A9.csv"), "incoming/a bé.csv");
+        assert_eq!(url_decode("100%"), "100%");
+        assert_eq!(url_decode("50%zz"), "50%zz");
+    }
+}

@@ -1,0 +1,234 @@
+//! S3 as the object store: conditional writes with `If-None-Match: *`, streamed reads.
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use bytes::Bytes;
+use tokio::io::AsyncRead;
+
+use crate::image_format::ImageFormat;
+use crate::store::{NewObject, ObjectStore, PutOutcome, StoreError, StoredObject, image_stem};
+
+/// One bucket of S3 (or anything speaking its API).
+#[derive(Debug, Clone)]
+pub struct S3ObjectStore {
+    client: Client,
+    bucket: String,
+}
+
+impl S3ObjectStore {
+    pub fn new(client: Client, bucket: &str) -> Self {
+        Self {
+            client,
+            bucket: bucket.to_owned(),
+        }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// `s3://bucket/key` of an object of this store.
+    pub fn uri(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+
+    /// Opens `key` as a byte stream with its ETag, `None` when absent.
+    #[tracing::instrument(skip(self))]
+    pub async fn open(&self, key: &str) -> Result<Option<(impl AsyncRead + Send + Unpin + use<>, String)>, StoreError> {
+        match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+            Ok(output) => {
+                let etag = output.e_tag().unwrap_or_default().trim_matches('"').to_owned();
+                Ok(Some((output.body.into_async_read(), etag)))
+            }
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    fn put_request(
+        &self,
+        key: &str,
+        object: NewObject,
+    ) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(object.content_type)
+            .set_cache_control(object.cache_control)
+            .body(ByteStream::from(object.body));
+        for (name, value) in object.metadata {
+            request = request.metadata(name, value);
+        }
+        request
+    }
+}
+
+/// Maps an SDK error to retryable (throttling, 5xx, timeouts, no response) or not.
+pub(crate) fn store_error<E>(error: SdkError<E, HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let status = error.raw_response().map(|r| r.status().as_u16());
+    let code = error.code().unwrap_or_default();
+    let message = match (code, error.message()) {
+        ("", _) => error_chain(&error),
+        (code, Some(message)) => format!("{code}: {message}"),
+        (code, None) => code.to_owned(),
+    };
+    // S3 asks for a retry with these even on 4xx statuses.
+    let retry_codes = [
+        "SlowDown",
+        "RequestTimeout",
+        "ConditionalRequestConflict",
+        "InternalError",
+    ];
+    let retryable = match &error {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+        _ => status.is_some_and(|s| s >= 500 || s == 429) || retry_codes.contains(&code),
+    };
+    if retryable {
+        StoreError::Unavailable(message)
+    } else {
+        StoreError::Failed(message)
+    }
+}
+
+/// An error and its causes on one line.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl ObjectStore for S3ObjectStore {
+    #[tracing::instrument(skip(self, object), fields(bytes = object.body.len()))]
+    async fn put_if_absent(&self, key: &str, object: NewObject) -> Result<PutOutcome, StoreError> {
+        match self.put_request(key, object).if_none_match("*").send().await {
+            Ok(_) => Ok(PutOutcome::Created),
+            Err(e) if e.code() == Some("PreconditionFailed") => Ok(PutOutcome::AlreadyExists),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    #[tracing::instrument(skip(self, object), fields(bytes = object.body.len()))]
+    async fn put(&self, key: &str, object: NewObject) -> Result<(), StoreError> {
+        self.put_request(key, object).send().await.map_err(store_error)?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        let Some((mut body, _)) = self.open(key).await? else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut body, &mut bytes)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("reading s3://{}/{key}: {e}", self.bucket)))?;
+        Ok(Some(bytes.into()))
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        // ListObjectsV2 returns at most 1,000 keys a page, in UTF-8 binary order.
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        let mut keys = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(store_error)?;
+            keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
+        }
+        Ok(keys)
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn find_image(&self, key: &str) -> Result<Option<StoredObject>, StoreError> {
+        // One list call finds the image whatever its extension (three HEADs otherwise).
+        let stem = format!("{}.", image_stem(key));
+        let page = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&stem)
+            .max_keys(10)
+            .send()
+            .await
+            .map_err(store_error)?;
+        Ok(page.contents().iter().find_map(|object| {
+            let found = object.key()?;
+            let format = ImageFormat::ALL
+                .into_iter()
+                .find(|f| found.strip_prefix(&stem) == Some(f.extension()))?;
+            Some(StoredObject {
+                key: found.to_owned(),
+                size: object.size().unwrap_or_default().max(0) as u64,
+                content_type: format.content_type().into(),
+            })
+        }))
+    }
+}
+
+/// A CSV in S3, streamed (never loaded whole) on a blocking reader.
+#[derive(Debug, Clone)]
+pub struct S3Csv {
+    store: S3ObjectStore,
+    key: String,
+    name: String,
+    version: String,
+}
+
+impl S3Csv {
+    /// The CSV at `key` of `store`, in the version the event named.
+    pub fn new(store: S3ObjectStore, key: &str, version: &str) -> Self {
+        Self {
+            name: store.uri(key),
+            store,
+            key: key.to_owned(),
+            version: version.to_owned(),
+        }
+    }
+}
+
+impl crate::usecase::split::CsvSource for S3Csv {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn version(&self) -> &str {
+        &self.version
+    }
+
+    async fn open(&self) -> Result<Box<dyn std::io::Read + Send>, StoreError> {
+        let Some((body, _)) = self.store.open(&self.key).await? else {
+            return Err(StoreError::Failed(format!("{} does not exist", self.name)));
+        };
+        // Read on a blocking thread (the CSV parser is synchronous), fed by the async body.
+        Ok(Box::new(tokio_util::io::SyncIoBridge::new(body)))
+    }
+}
+
+impl S3ObjectStore {
+    /// The ETag of `key`, `None` when absent.
+    #[tracing::instrument(skip(self))]
+    pub async fn etag(&self, key: &str) -> Result<Option<String>, StoreError> {
+        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+            Ok(output) => Ok(Some(output.e_tag().unwrap_or_default().trim_matches('"').to_owned())),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! Secrets by name from SSM Parameter Store (and Secrets Manager through SSM's
+//! `/aws/reference/secretsmanager/` path): read once per container, never logged.
+
+use std::collections::HashMap;
+
+use crate::adapters::s3_store::error_chain;
+use crate::config::{ConfigError, SECRET_VARIABLES, install_secrets};
+
+/// Reads every secret given as `<NAME>_PARAM` and makes it visible to [`crate::config::secret`].
+pub async fn load_secrets(client: &aws_sdk_ssm::Client) -> Result<(), ConfigError> {
+    let mut values = HashMap::new();
+    for name in SECRET_VARIABLES {
+        let Some(parameter) = std::env::var(format!("{name}_PARAM")).ok().filter(|p| !p.is_empty()) else {
+            continue;
+        };
+        let output = client
+            .get_parameter()
+            .name(&parameter)
+            .with_decryption(true)
+            .send()
+            .await
+            .map_err(|e| ConfigError::Secret {
+                name: format!("{name}_PARAM ({parameter})"),
+                message: error_chain(&e),
+            })?;
+        let value = output.parameter().and_then(|p| p.value()).unwrap_or_default();
+        if value.is_empty() {
+            return Err(ConfigError::Secret {
+                name: format!("{name}_PARAM ({parameter})"),
+                message: "the parameter is empty".into(),
+            });
+        }
+        tracing::info!(secret = name, %parameter, "secret read");
+        values.insert(name.to_owned(), value.to_owned());
+    }
+    install_secrets(values);
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! The Lambda functions' configuration: every environment variable in one place, read once at init.
+//!
+//! Secrets (`CMS_TOKEN`, `SLACK_WEBHOOK_URL`, provider API keys) may be given as plain values for
+//! local use, or by name as `<NAME>_PARAM`: an SSM parameter (a SecureString, or
+//! `/aws/reference/secretsmanager/<secret-id>` for a Secrets Manager secret), read once per container.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Secrets that may be read from SSM / Secrets Manager through `<NAME>_PARAM`.
+pub const SECRET_VARIABLES: [&str; 5] = [
+    "CMS_TOKEN",
+    "SLACK_WEBHOOK_URL",
+    "GEMINI_API_KEY",
+    "OPENAI_API_KEY",
+    "ARK_API_KEY",
+];
+
+/// Every variable [`Config::from_env`] reads (besides the secrets and their `_PARAM` forms).
+pub const VARIABLES: [&str; 16] = [
+    "IMAGEPIPE_BUCKET",
+    "JOBS_QUEUE_URL",
+    "EVENTS_QUEUE_URL",
+    "IMAGEPIPE_PROVIDER",
+    "MAX_RUN_COST_USD",
+    "MAX_ROWS_PER_RUN",
+    "SEND_CONCURRENCY",
+    "PROVIDER_TIMEOUT_SECS",
+    "JOBS_MAX_RECEIVE_COUNT",
+    "CMS_BASE_URL",
+    "CMS_METHOD",
+    "CMS_PATH",
+    "CMS_BODY",
+    "CMS_MAX_ATTEMPTS",
+    "IMAGEPIPE_PUBLIC_BASE_URL",
+    "COMPLETION_CLAIM_TTL_SECS",
+];
+
+static SECRETS: OnceLock<HashMap<String, String>> = OnceLock::new();
+
+/// Makes secrets read from a secret store visible to [`secret`]; the first call wins.
+pub fn install_secrets(values: HashMap<String, String>) {
+    let _ = SECRETS.set(values);
+}
+
+/// A secret by variable name: from the secret store when it was read from one, else the environment.
+pub fn secret(name: &str) -> Option<String> {
+    SECRETS
+        .get()
+        .and_then(|s| s.get(name).cloned())
+        .or_else(|| std::env::var(name).ok())
+        .filter(|v| !v.trim().is_empty())
+}
+
+/// A variable is missing or malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {0} is required")]
+    Missing(&'static str),
+    #[error("environment variable {name} = {value:?}: {expected}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("secret {name}: {message}")]
+    Secret { name: String, message: String },
+}
+
+/// How the CMS is told about a new image. Defaults: `PATCH /api/products/{sku}` with `{"image_url": "{image_url}"}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CmsConfig {
+    pub base_url: String,
+    pub method: String,
+    /// Path with `{sku}`.
+    pub path: String,
+    /// JSON body with `{sku}` and `{image_url}`.
+    pub body: String,
+}
+
+/// Everything the three functions read from the environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Images and run records are written here.
+    pub bucket: String,
+    pub jobs_queue_url: Option<String>,
+    pub events_queue_url: Option<String>,
+    pub provider: Option<String>,
+    pub max_run_cost_usd: Option<f64>,
+    pub max_rows_per_run: u64,
+    pub send_concurrency: usize,
+    pub provider_timeout: Duration,
+    /// The jobs queue's `maxReceiveCount`: the last delivery turns a retryable error into a failure with its reason.
+    pub max_receive_count: u32,
+    pub cms: Option<CmsConfig>,
+    pub cms_max_attempts: u32,
+    pub public_base_url: Option<String>,
+    /// A completion claim older than this is taken over (its holder crashed).
+    pub claim_ttl: Duration,
+}
+
+impl Config {
+    /// Reads the environment; names the variable that is missing or malformed.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+    }
+
+    /// Reads variables through `var` (tests pass a map).
+    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let cms = var("CMS_BASE_URL").map(|base_url| CmsConfig {
+            base_url,
+            method: var("CMS_METHOD").unwrap_or_else(|| "PATCH".into()),
+            path: var("CMS_PATH").unwrap_or_else(|| "/api/products/{sku}".into()),
+            body: var("CMS_BODY").unwrap_or_else(|| r#"{"image_url": "{image_url}"}"#.into()),
+        });
+        Ok(Self {
+            bucket: var("IMAGEPIPE_BUCKET").ok_or(ConfigError::Missing("IMAGEPIPE_BUCKET"))?,
+            jobs_queue_url: var("JOBS_QUEUE_URL"),
+            events_queue_url: var("EVENTS_QUEUE_URL"),
+            provider: var("IMAGEPIPE_PROVIDER"),
+            max_run_cost_usd: parse(&var, "MAX_RUN_COST_USD", "a dollar amount such as 25.00")?,
+            max_rows_per_run: parse(&var, "MAX_ROWS_PER_RUN", "a whole number")?.unwrap_or(100_000),
+            send_concurrency: parse(&var, "SEND_CONCURRENCY", "a whole number")?.unwrap_or(8),
+            provider_timeout: Duration::from_secs(
+                parse(&var, "PROVIDER_TIMEOUT_SECS", "whole seconds")?.unwrap_or(120),
+            ),
+            max_receive_count: parse(&var, "JOBS_MAX_RECEIVE_COUNT", "a whole number")?.unwrap_or(3),
+            cms,
+            cms_max_attempts: parse(&var, "CMS_MAX_ATTEMPTS", "a whole number")?.unwrap_or(5),
+            public_base_url: var("IMAGEPIPE_PUBLIC_BASE_URL"),
+            claim_ttl: Duration::from_secs(parse(&var, "COMPLETION_CLAIM_TTL_SECS", "whole seconds")?.unwrap_or(900)),
+        })
+    }
+
+    /// The jobs queue URL, required by the splitter and the generator.
+    pub fn jobs_queue_url(&self) -> Result<&str, ConfigError> {
+        self.jobs_queue_url
+            .as_deref()
+            .ok_or(ConfigError::Missing("JOBS_QUEUE_URL"))
+    }
+
+    /// The events queue URL, required by the splitter and the generator.
+    pub fn events_queue_url(&self) -> Result<&str, ConfigError> {
+        self.events_queue_url
+            .as_deref()
+            .ok_or(ConfigError::Missing("EVENTS_QUEUE_URL"))
+    }
+
+    /// The URL the CMS is given for an image: under the public base URL, else its `s3://` URI.
+    pub fn image_url(&self, object_key: &str) -> String {
+        match &self.public_base_url {
+            Some(base) => format!("{}/{object_key}", base.trim_end_matches('/')),
+            None => format!("s3://{}/{object_key}", self.bucket),
+        }
+    }
+}
+
+fn parse<T: std::str::FromStr>(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    expected: &'static str,
+) -> Result<Option<T>, ConfigError> {
+    var(name)
+        .map(|value| {
+            value
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError::Invalid { name, value, expected })
+        })
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn config_names_the_missing_or_malformed_variable() {
+        assert_eq!(config(&[]).unwrap_err(), ConfigError::Missing("IMAGEPIPE_BUCKET"));
+        let error = config(&[("IMAGEPIPE_BUCKET", "b"), ("MAX_RUN_COST_USD", "lots")]).unwrap_err();
+        assert!(error.to_string().contains("MAX_RUN_COST_USD = \"lots\""), "{error}");
+        let ok = config(&[("IMAGEPIPE_BUCKET", "b")]).unwrap();
+        assert_eq!(ok.jobs_queue_url().unwrap_err(), ConfigError::Missing("JOBS_QUEUE_URL"));
+        assert_eq!((ok.max_rows_per_run, ok.max_receive_count, ok.cms), (100_000, 3, None));
+    }
+
+    #[test]
+    fn cms_request_defaults_to_a_patch_of_the_product() {
+        let cms = config(&[("IMAGEPIPE_BUCKET", "b"), ("CMS_BASE_URL", "http://cms")])
+            .unwrap()
+            .cms
+            .unwrap();
+        assert_eq!(
+            (cms.method.as_str(), cms.path.as_str()),
+            ("PATCH", "/api/products/{sku}")
+        );
+        assert_eq!(cms.body, r#"{"image_url": "{image_url}"}"#);
+    }
+}

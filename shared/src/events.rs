@@ -1,0 +1,132 @@
+//! What travels between the functions and what a run leaves in the bucket: the events the finalizer
+//! consumes, the run manifest, the split summary and each row's recorded outcome.
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::Job;
+use crate::report::{FailureEntry, ImageEntry};
+use crate::rows::InvalidRow;
+
+/// A message on the events queue. Serialised as JSON with a `type` tag.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PipelineEvent {
+    /// The splitter has sent every job of the run (or rejected it) and written its split summary.
+    RunSplit { run_id: String },
+    /// A job's image is stored.
+    JobSucceeded { run_id: String, image: ImageEntry },
+    /// A job failed for good.
+    JobFailed { run_id: String, failure: FailureEntry },
+}
+
+/// What the finalizer receives: an event, or a job that exhausted its deliveries (the jobs DLQ).
+#[derive(Debug, Clone, PartialEq)]
+pub enum FinalizerInput {
+    Event(PipelineEvent),
+    DeadJob(Job),
+}
+
+impl FinalizerInput {
+    /// Parses a message body from either queue.
+    pub fn parse(body: &str) -> Result<Self, serde_json::Error> {
+        match serde_json::from_str::<PipelineEvent>(body) {
+            Ok(event) => Ok(Self::Event(event)),
+            Err(event_error) => serde_json::from_str::<Job>(body)
+                .map(Self::DeadJob)
+                .map_err(|_| event_error),
+        }
+    }
+}
+
+/// Written once when a run starts: what the run is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunManifest {
+    pub run_id: String,
+    /// `s3://bucket/key` of the CSV.
+    pub source: String,
+    pub etag: String,
+    pub template: String,
+    pub model: String,
+    pub provider: String,
+    /// Unix time in milliseconds.
+    pub started_at_ms: u64,
+}
+
+/// Written when the splitter is done: how many outcomes the run waits for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitSummary {
+    pub run_id: String,
+    pub rows: u64,
+    /// Jobs sent: one outcome each is awaited.
+    pub valid: u64,
+    pub invalid_rows: Vec<InvalidRow>,
+    pub estimated_cost_usd: f64,
+    /// Why no job was sent (over budget, too many rows); `None` for a run that went ahead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
+}
+
+/// The recorded outcome of one row, written once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded {
+        image: ImageEntry,
+        /// The CMS update, when a CMS is configured: `Ok` or the reason it failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cms: Option<Result<(), String>>,
+    },
+    Failed {
+        failure: FailureEntry,
+    },
+}
+
+impl Outcome {
+    pub fn row(&self) -> u64 {
+        match self {
+            Self::Succeeded { image, .. } => image.row,
+            Self::Failed { failure } => failure.row,
+        }
+    }
+}
+
+/// Keys of a run's objects in the bucket.
+pub mod keys {
+    pub fn manifest(run_id: &str) -> String {
+        format!("runs/{run_id}/manifest.json")
+    }
+    pub fn split(run_id: &str) -> String {
+        format!("runs/{run_id}/split.json")
+    }
+    pub fn report(run_id: &str) -> String {
+        format!("runs/{run_id}/report.json")
+    }
+    pub fn outcome(run_id: &str, row: u64) -> String {
+        format!("runs/{run_id}/outcomes/{row:010}.json")
+    }
+    pub fn tallies(run_id: &str) -> String {
+        format!("runs/{run_id}/tallies/")
+    }
+    /// Where the claims and the done-marker of a once-only action of a run live.
+    pub fn once(run_id: &str, action: &str) -> String {
+        format!("runs/{run_id}/once/{action}/")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finalizer_reads_events_and_dead_jobs() {
+        let event = r#"{"type":"run_split","run_id":"run-1"}"#;
+        assert_eq!(
+            FinalizerInput::parse(event).unwrap(),
+            FinalizerInput::Event(PipelineEvent::RunSplit { run_id: "run-1".into() })
+        );
+        let job =
+            r#"{"run_id":"run-1","row":3,"key":"t/a","prompt":"p","model":"m","size":{"width":1024,"height":1024}}"#;
+        assert!(matches!(FinalizerInput::parse(job), Ok(FinalizerInput::DeadJob(j)) if j.row == 3));
+        assert!(FinalizerInput::parse("{not json").is_err());
+    }
+}

@@ -1,0 +1,48 @@
+//! What the three Lambda functions share at init: JSON logs, the AWS clients, secrets.
+
+use aws_config::BehaviorVersion;
+
+/// Clients built once per container from one SDK configuration.
+#[derive(Debug, Clone)]
+pub struct AwsClients {
+    pub s3: aws_sdk_s3::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub ssm: aws_sdk_ssm::Client,
+}
+
+impl AwsClients {
+    /// Loads the SDK configuration from the environment (region, credentials, `AWS_ENDPOINT_URL`).
+    pub async fn from_env() -> Self {
+        let config = aws_config::load_defaults(BehaviorVersion::latest()).await;
+        // Emulators (and other S3-compatible endpoints) address buckets by path, not by host name.
+        let custom_endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some());
+        let s3 = aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(custom_endpoint)
+            .build();
+        Self {
+            s3: aws_sdk_s3::Client::from_conf(s3),
+            sqs: aws_sdk_sqs::Client::new(&config),
+            ssm: aws_sdk_ssm::Client::new(&config),
+        }
+    }
+}
+
+/// JSON logs to stdout (CloudWatch Logs), filtered by `RUST_LOG` (default `info`), without ANSI colours.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(false)
+        .with_ansi(false)
+        .without_time()
+        .try_init();
+}
+
+/// Time left before a Lambda deadline given in Unix milliseconds.
+pub fn time_left(deadline_ms: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(deadline_ms.saturating_sub(crate::usecase::split::now_ms()))
+}

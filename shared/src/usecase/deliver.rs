@@ -1,0 +1,155 @@
+//! Deliver (AWS path): one job received from the queue → generate its image → tell the finalizer.
+//! Decides what the queue does with the message: delete it, or hand it back after a back-off.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+
+use crate::catalog::Catalog;
+use crate::events::PipelineEvent;
+use crate::job::Job;
+use crate::provider::{self, ImageProvider};
+use crate::queue::MessageQueue;
+use crate::report::{FailureEntry, ImageEntry};
+use crate::retry::RetryPolicy;
+use crate::store::ObjectStore;
+use crate::usecase::generate::{JobError, generate_image};
+
+/// A provider call gets at least this long, or the job is handed back unstarted.
+pub const MIN_CALL_TIME: Duration = Duration::from_secs(10);
+/// Time kept back after the provider call to store the image and send the event.
+pub const FINISH_TIME: Duration = Duration::from_secs(5);
+
+/// What the queue should do with a delivered message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// The job has an outcome (image or failure event sent): delete the message.
+    Done,
+    /// Try again after `after` (a batch item failure, hidden for that long).
+    RetryAfter(Duration),
+    /// Not started (too little time left, or the event could not be sent): hand it back as it is.
+    HandBack(String),
+}
+
+/// Providers by name, built on first use and kept for the container's life.
+pub struct Providers {
+    /// Routes every model through this provider.
+    route_all: Option<String>,
+    built: Mutex<HashMap<String, Arc<dyn ImageProvider>>>,
+}
+
+impl Providers {
+    pub fn new(route_all: Option<String>) -> Self {
+        Self {
+            route_all,
+            built: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// With a provider already built (tests, local servers).
+    pub fn with(provider: Arc<dyn ImageProvider>) -> Self {
+        let name = provider.name().to_owned();
+        Self {
+            route_all: Some(name.clone()),
+            built: Mutex::new(HashMap::from([(name, provider)])),
+        }
+    }
+
+    async fn get(&self, catalog_provider: &str) -> Result<Arc<dyn ImageProvider>, String> {
+        let name = self.route_all.as_deref().unwrap_or(catalog_provider);
+        let mut built = self.built.lock().await;
+        if let Some(provider) = built.get(name) {
+            return Ok(provider.clone());
+        }
+        let provider = provider::from_env(name).await.map_err(|e| e.to_string())?;
+        built.insert(name.to_owned(), provider.clone());
+        Ok(provider)
+    }
+}
+
+/// What the generator needs, built once per container.
+pub struct Generator<S, E> {
+    pub store: S,
+    pub events: E,
+    pub catalog: Catalog,
+    pub providers: Providers,
+    pub provider_timeout: Duration,
+    /// The jobs queue's `maxReceiveCount`.
+    pub max_receive_count: u32,
+    /// Back-off between deliveries.
+    pub backoff: RetryPolicy,
+    /// How an image's location reads in reports (`s3://bucket/key`).
+    pub location: Box<dyn Fn(&str) -> String + Send + Sync>,
+}
+
+impl<S: ObjectStore, E: MessageQueue> Generator<S, E> {
+    /// Handles one delivery (`receive_count` from 1) of `job` with `time_left` before the Lambda deadline.
+    #[tracing::instrument(skip_all, fields(run_id = %job.run_id, row = job.row, key = %job.key, receive_count))]
+    pub async fn deliver(&self, job: &Job, receive_count: u32, time_left: Duration) -> Disposition {
+        let Some(budget) = time_left.checked_sub(FINISH_TIME).filter(|t| *t >= MIN_CALL_TIME) else {
+            return Disposition::HandBack("too little time left before the function's deadline".into());
+        };
+        let result = match self.model_and_provider(job).await {
+            Ok((model, provider)) => {
+                let timeout = self.provider_timeout.min(budget);
+                generate_image(job, &model, &self.store, provider.as_ref(), timeout).await
+            }
+            Err(reason) => Err(JobError::Invalid(reason)),
+        };
+        let event = match result {
+            Ok(generated) => PipelineEvent::JobSucceeded {
+                run_id: job.run_id.clone(),
+                image: ImageEntry {
+                    row: job.row,
+                    key: job.key.to_string(),
+                    path: (self.location)(&generated.object_key),
+                    object_key: generated.object_key,
+                    content_type: generated.content_type,
+                    bytes: generated.bytes,
+                    width: generated.width,
+                    height: generated.height,
+                    reused: generated.reused,
+                    cost_usd: generated.cost_usd,
+                },
+            },
+            Err(error) if error.is_retryable() && receive_count < self.max_receive_count => {
+                let after = self.backoff.delay(receive_count, error.retry_after());
+                tracing::warn!(%error, ?after, "retrying later");
+                return Disposition::RetryAfter(after);
+            }
+            Err(error) => {
+                let reason = if error.is_retryable() {
+                    format!("{error} (gave up after {receive_count} attempts)")
+                } else {
+                    error.to_string()
+                };
+                tracing::warn!(%reason, "job failed");
+                PipelineEvent::JobFailed {
+                    run_id: job.run_id.clone(),
+                    failure: FailureEntry {
+                        row: job.row,
+                        key: job.key.to_string(),
+                        reason,
+                        attempts: receive_count,
+                    },
+                }
+            }
+        };
+        let body = serde_json::to_string(&event).expect("an event always serialises");
+        match self.events.send_batch(vec![body]).await {
+            Ok(()) => Disposition::Done,
+            Err(e) => Disposition::HandBack(format!("outcome not sent: {e}")),
+        }
+    }
+
+    async fn model_and_provider(
+        &self,
+        job: &Job,
+    ) -> Result<(crate::catalog::ModelInfo, Arc<dyn ImageProvider>), String> {
+        let model = self.catalog.model(&job.model).map_err(|e| e.to_string())?.clone();
+        let provider = self.providers.get(&model.provider).await?;
+        Ok((model, provider))
+    }
+}

@@ -1,0 +1,182 @@
+//! The S3 and SQS adapters against the local AWS emulator: conditional writes under races,
+//! listing, image lookup, batched sends and visibility changes, and the once-only claim.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use imagepipe::adapters::s3_store::S3ObjectStore;
+use imagepipe::adapters::sqs_queue::SqsQueue;
+use imagepipe::queue::MessageQueue;
+use imagepipe::store::{NewObject, ObjectStore, PutOutcome, StoreError};
+use imagepipe::usecase::complete::{Once, once};
+
+fn object(body: &str, content_type: &str) -> NewObject {
+    NewObject {
+        body: body.to_owned().into(),
+        content_type: content_type.into(),
+        cache_control: Some("public, max-age=31536000".into()),
+        metadata: vec![("run-id".into(), "run-1".into())],
+    }
+}
+
+async fn store() -> S3ObjectStore {
+    let clients = support::clients();
+    let bucket = support::bucket(&clients).await;
+    S3ObjectStore::new(clients.s3, &bucket)
+}
+
+#[tokio::test]
+async fn concurrent_create_if_absent_writes_exactly_one_object() {
+    let store = store().await;
+    let writes = (0..8).map(|i| {
+        let store = store.clone();
+        async move {
+            store
+                .put_if_absent(
+                    "runs/r/outcomes/1.json",
+                    object(&format!("writer {i}"), "application/json"),
+                )
+                .await
+        }
+    });
+    let outcomes: Vec<PutOutcome> = futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == PutOutcome::Created).count(),
+        1,
+        "{outcomes:?}"
+    );
+    let body = store.get("runs/r/outcomes/1.json").await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&body).starts_with("writer "));
+}
+
+#[tokio::test]
+async fn images_are_found_by_stem_with_their_type_and_metadata() {
+    let store = store().await;
+    assert_eq!(store.find_image("hero/A1").await.unwrap(), None);
+    store
+        .put("images/hero/A1.webp", object("RIFF....WEBP", "image/webp"))
+        .await
+        .unwrap();
+    store
+        .put("images/hero/A10.png", object("png", "image/png"))
+        .await
+        .unwrap();
+    let found = store.find_image("hero/A1").await.unwrap().unwrap();
+    assert_eq!(
+        (found.key.as_str(), found.content_type.as_str(), found.size),
+        ("images/hero/A1.webp", "image/webp", 12)
+    );
+    let clients = support::clients();
+    let head = clients
+        .s3
+        .head_object()
+        .bucket(store.bucket())
+        .key("images/hero/A1.webp")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.cache_control(), Some("public, max-age=31536000"));
+    assert_eq!(
+        head.metadata().and_then(|m| m.get("run-id")).map(String::as_str),
+        Some("run-1")
+    );
+}
+
+#[tokio::test]
+async fn listing_returns_every_key_under_a_prefix_in_order_and_absent_reads_are_none() {
+    let store = store().await;
+    for key in ["runs/a/t/2", "runs/a/t/1", "runs/ab/t/1", "runs/a/u"] {
+        store.put(key, object("x", "text/plain")).await.unwrap();
+    }
+    assert_eq!(store.list("runs/a/t/").await.unwrap(), vec!["runs/a/t/1", "runs/a/t/2"]);
+    assert_eq!(store.get("runs/a/missing").await.unwrap(), None);
+    let missing_bucket = S3ObjectStore::new(support::clients().s3, &support::unique("no-such-bucket"));
+    let error = missing_bucket.get("k").await.unwrap_err();
+    assert!(
+        matches!(&error, StoreError::Failed(m) if m.contains("NoSuchBucket")),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_of_ten_is_sent_and_a_delayed_message_stays_hidden() {
+    let clients = support::clients();
+    let url = support::queue(&clients, "adapter", HashMap::new()).await;
+    let queue = SqsQueue::new(clients.sqs.clone(), &url);
+    let bodies: Vec<String> = (0..SqsQueue::BATCH_LIMIT).map(|i| format!("{{\"n\":{i}}}")).collect();
+    queue.send_batch(bodies.clone()).await.unwrap();
+    let mut received = Vec::new();
+    for _ in 0..10 {
+        let event = support::receive(&clients, &url).await;
+        received.extend(event.records.iter().filter_map(|r| r.body.clone()));
+        for record in &event.records {
+            queue
+                .delay(record.receipt_handle.as_deref().unwrap(), Duration::from_secs(600))
+                .await
+                .unwrap();
+        }
+        if received.len() == bodies.len() {
+            break;
+        }
+    }
+    received.sort();
+    let mut expected = bodies;
+    expected.sort();
+    assert_eq!(received, expected);
+    // Every message is hidden for 10 minutes: nothing comes back now.
+    assert!(support::receive(&clients, &url).await.records.is_empty());
+}
+
+#[tokio::test]
+async fn sending_to_a_missing_queue_is_a_permanent_error() {
+    let clients = support::clients();
+    let url = format!("{}/000000000000/{}", support::endpoint(), support::unique("missing"));
+    let error = SqsQueue::new(clients.sqs, &url)
+        .send_batch(vec!["{}".into()])
+        .await
+        .unwrap_err();
+    assert!(!error.retryable, "{error:?}");
+}
+
+#[tokio::test]
+async fn a_once_only_action_runs_once_among_concurrent_callers_and_after_a_crash_is_taken_over() {
+    let store = store().await;
+    let runs = AtomicU32::new(0);
+    let attempt = || {
+        once(&store, "runs/r/once/completion/", Duration::from_secs(60), || async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok::<(), StoreError>(())
+        })
+    };
+    let results = futures::future::join_all((0..6).map(|_| attempt())).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(results.iter().filter(|r| matches!(r, Ok(Once::Ran))).count(), 1);
+    assert_eq!(attempt().await.unwrap(), Once::Done);
+
+    // A holder that crashed (claim written, action never finished) is taken over once its claim is stale.
+    store
+        .put("runs/s/once/completion/claim-000001", object("0", "application/json"))
+        .await
+        .unwrap();
+    let ran = once(&store, "runs/s/once/completion/", Duration::from_secs(60), || async {
+        Ok::<(), StoreError>(())
+    });
+    assert_eq!(ran.await.unwrap(), Once::Ran);
+    // A failed action releases its claim at once.
+    let failed = once(&store, "runs/t/once/x/", Duration::from_secs(60), || async {
+        Err::<(), StoreError>(StoreError::Unavailable("slack down".into()))
+    });
+    assert!(failed.await.is_err());
+    let retried = once(&store, "runs/t/once/x/", Duration::from_secs(60), || async {
+        Ok::<(), StoreError>(())
+    });
+    assert_eq!(retried.await.unwrap(), Once::Ran);
+}
