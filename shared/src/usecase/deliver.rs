@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 
 use crate::catalog::Catalog;
+use crate::catalog::ModelInfo;
 use crate::events::PipelineEvent;
 use crate::job::Job;
 use crate::provider::{self, ImageProvider};
@@ -15,7 +16,8 @@ use crate::queue::MessageQueue;
 use crate::report::{FailureEntry, ImageEntry};
 use crate::retry::RetryPolicy;
 use crate::store::ObjectStore;
-use crate::usecase::generate::{JobError, generate_image};
+use crate::usecase::complete::{Once, once};
+use crate::usecase::generate::{self, Generated, JobError, generate_image};
 
 /// A provider call gets at least this long, or the job is handed back unstarted.
 pub const MIN_CALL_TIME: Duration = Duration::from_secs(10);
@@ -94,9 +96,18 @@ impl<S: ObjectStore, E: MessageQueue> Generator<S, E> {
         let result = match self.model_and_provider(job).await {
             Ok((model, provider)) => {
                 let timeout = self.provider_timeout.min(budget);
-                generate_image(job, &model, &self.store, provider.as_ref(), timeout).await
+                self.generate_leased(job, &model, provider.as_ref(), timeout).await
             }
             Err(reason) => Err(JobError::Invalid(reason)),
+        };
+        let result = match result {
+            Ok(Some(generated)) => Ok(generated),
+            Ok(None) => {
+                let after = self.provider_timeout.min(budget) + FINISH_TIME;
+                tracing::info!(?after, "another delivery is generating this image; checking back later");
+                return Disposition::RetryAfter(after);
+            }
+            Err(error) => Err(error),
         };
         let event = match result {
             Ok(generated) => PipelineEvent::JobSucceeded {
@@ -141,6 +152,36 @@ impl<S: ObjectStore, E: MessageQueue> Generator<S, E> {
         match self.events.send_batch(vec![body]).await {
             Ok(()) => Disposition::Done,
             Err(e) => Disposition::HandBack(format!("outcome not sent: {e}")),
+        }
+    }
+
+    /// Generates under a lease on the image key, so concurrent deliveries of the same job (or of
+    /// two runs' jobs for one key) pay the provider once; `None` while another delivery holds it.
+    async fn generate_leased(
+        &self,
+        job: &Job,
+        model: &ModelInfo,
+        provider: &dyn ImageProvider,
+        timeout: Duration,
+    ) -> Result<Option<Generated>, JobError> {
+        if let Some(existing) = generate::existing_image(&self.store, job).await? {
+            return Ok(Some(existing));
+        }
+        let mut generated = None;
+        let lease = format!("leases/{}/", job.key);
+        // A holder that crashed mid-call is taken over once its call must have ended.
+        let ttl = timeout + FINISH_TIME;
+        let once = once(&self.store, &lease, ttl, || async {
+            generated = Some(generate_image(job, model, &self.store, provider, timeout).await?);
+            Ok::<(), JobError>(())
+        })
+        .await?;
+        match (once, generated) {
+            (_, Some(generated)) => Ok(Some(generated)),
+            (Once::Done, None) => generate_image(job, model, &self.store, provider, timeout)
+                .await
+                .map(Some),
+            _ => Ok(None),
         }
     }
 

@@ -78,6 +78,9 @@ pub fn completion_message(report: &RunReport, report_location: &str) -> String {
         report.estimated_cost_usd,
         report.duration_secs
     );
+    if let Some(reason) = &report.rejected {
+        text.push_str(&format!(" Rejected, nothing generated: {reason}."));
+    }
     if !report.cms_failures.is_empty() {
         text.push_str(&format!(
             " CMS updates failed for {} images.",

@@ -71,17 +71,8 @@ pub async fn generate_image<S: ObjectStore>(
     provider: &dyn ImageProvider,
     timeout: Duration,
 ) -> Result<Generated, JobError> {
-    if let Some(existing) = store.find_image(job.key.as_str()).await? {
-        tracing::info!(object_key = %existing.key, "image exists; provider not called");
-        return Ok(Generated {
-            object_key: existing.key,
-            content_type: existing.content_type,
-            bytes: existing.size,
-            width: None,
-            height: None,
-            reused: true,
-            cost_usd: 0.0,
-        });
+    if let Some(existing) = existing_image(store, job).await? {
+        return Ok(existing);
     }
     let request = ImageRequest {
         provider_model: model.provider_model.clone(),
@@ -111,6 +102,23 @@ pub async fn generate_image<S: ObjectStore>(
         reused: false,
         cost_usd: image.reported_cost_usd.unwrap_or(model.price_per_image),
     })
+}
+
+/// The job's image when it is already stored (an earlier run or delivery made it).
+pub async fn existing_image<S: ObjectStore>(store: &S, job: &Job) -> Result<Option<Generated>, StoreError> {
+    let Some(existing) = store.find_image(job.key.as_str()).await? else {
+        return Ok(None);
+    };
+    tracing::info!(object_key = %existing.key, "image exists; provider not called");
+    Ok(Some(Generated {
+        object_key: existing.key,
+        content_type: existing.content_type,
+        bytes: existing.size,
+        width: None,
+        height: None,
+        reused: true,
+        cost_usd: 0.0,
+    }))
 }
 
 /// The stored object: immutable caching and ASCII-only metadata (the prompt goes in as its hash).
