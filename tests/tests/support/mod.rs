@@ -19,7 +19,11 @@ pub fn endpoint() -> &'static str {
         if let Ok(endpoint) = std::env::var("IMAGEPIPE_TEST_AWS_ENDPOINT") {
             return endpoint;
         }
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/emulator");
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .map(|dir| dir.join("scripts/emulator"))
+            .find(|script| script.exists())
+            .expect("scripts/emulator in an ancestor of the package");
         let output = Command::new("bash")
             .arg(script)
             .arg("start")
