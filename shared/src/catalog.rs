@@ -26,6 +26,26 @@ pub struct ModelInfo {
     /// What the model is good for.
     #[serde(default)]
     pub use_for: String,
+    /// Token prices, for models billed by token: a call's actual cost comes from the usage the
+    /// provider reports instead of the per-image list price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usd_per_million_input_tokens: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usd_per_million_output_tokens: Option<f64>,
+}
+
+impl ModelInfo {
+    /// What one call cost: from the reported output tokens when the catalog has token prices,
+    /// else the list price per image.
+    pub fn cost_of(&self, usage: &crate::provider::Usage) -> f64 {
+        match (usage.output_tokens, self.usd_per_million_output_tokens) {
+            (Some(output), Some(output_price)) => {
+                let input = usage.input_tokens.unwrap_or(0) as f64 * self.usd_per_million_input_tokens.unwrap_or(0.0);
+                (input + output as f64 * output_price) / 1_000_000.0
+            }
+            _ => self.price_per_image,
+        }
+    }
 }
 
 /// All models with the date their prices were checked.
@@ -94,6 +114,21 @@ pub struct CostLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reported_tokens_price_a_call_and_models_without_token_prices_use_the_list_price() {
+        let catalog = Catalog::builtin();
+        let usage = crate::provider::Usage {
+            input_tokens: Some(1000),
+            output_tokens: Some(1120),
+            credits: None,
+        };
+        let pro = catalog.model("nano-banana-pro").unwrap().cost_of(&usage);
+        assert!((pro - (1000.0 * 2.0 + 1120.0 * 120.0) / 1e6).abs() < 1e-9, "{pro}");
+        assert_eq!(catalog.model("seedream-4").unwrap().cost_of(&usage), 0.03);
+        let no_usage = crate::provider::Usage::default();
+        assert_eq!(catalog.model("nano-banana").unwrap().cost_of(&no_usage), 0.039);
+    }
 
     #[test]
     fn builtin_catalog_has_the_required_models_with_dated_prices() {

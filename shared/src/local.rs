@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use crate::adapters::fs_store::FsObjectStore;
 use crate::catalog::{Catalog, ModelInfo};
 use crate::job::{Job, run_id};
-use crate::provider::ImageProvider;
+use crate::provider::{ImageProvider, ReferenceSigner};
 use crate::publish::{HttpCms, SlackWebhook};
 use crate::report::{FailureEntry, ImageEntry, ReportBuilder, RunReport};
 use crate::retry::RetryPolicy;
@@ -34,6 +34,8 @@ pub struct LocalRun {
     pub model: Option<String>,
     pub catalog: Catalog,
     pub provider: Arc<dyn ImageProvider>,
+    /// Signs `s3://` reference images; without one, rows with such references fail with a reason.
+    pub signer: Option<Arc<dyn ReferenceSigner>>,
     pub out_dir: PathBuf,
     pub concurrency: usize,
     pub retry: RetryPolicy,
@@ -270,7 +272,16 @@ impl Worker<'_> {
                 ));
             }
             attempt += 1;
-            match generate_image(&job, self.model, self.store, self.provider, self.run.timeout).await {
+            match generate_image(
+                &job,
+                self.model,
+                self.store,
+                self.provider,
+                self.run.signer.as_deref(),
+                self.run.timeout,
+            )
+            .await
+            {
                 Ok(generated) => {
                     return Ok(ImageEntry {
                         row: job.row,
@@ -286,6 +297,7 @@ impl Worker<'_> {
                         height: generated.height,
                         reused: generated.reused,
                         cost_usd: generated.cost_usd,
+                        credits_used: generated.credits_used,
                     });
                 }
                 Err(error) if error.is_retryable() && self.run.retry.allows_another(attempt) => {

@@ -23,6 +23,9 @@ pub struct ImageEntry {
     #[serde(default)]
     pub reused: bool,
     pub cost_usd: f64,
+    /// Credits the provider reported for the call (AnyCap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits_used: Option<f64>,
 }
 
 /// One row whose image could not be made.

@@ -62,6 +62,7 @@ async fn success_returns_the_file_named_by_local_path_and_passes_the_documented_
     let dir = tempfile::tempdir().unwrap();
     let provider = AnyCapProvider::new(stand_in(dir.path()));
     let image = provider.generate(&request("a red mug", vec![])).await.unwrap();
+    assert_eq!(image.usage.credits, Some(4.0));
     assert!(image.bytes.starts_with(b"\x89PNG"));
     assert_eq!(image.request_id.as_deref(), Some("req-1"));
 

@@ -180,3 +180,38 @@ async fn a_once_only_action_runs_once_among_concurrent_callers_and_after_a_crash
     });
     assert_eq!(retried.await.unwrap(), Once::Ran);
 }
+
+#[tokio::test]
+async fn s3_references_are_presigned_into_urls_a_provider_can_fetch() {
+    let store = store().await;
+    store
+        .put("refs/shoe.png", object("reference bytes", "image/png"))
+        .await
+        .unwrap();
+    let signer = imagepipe::adapters::s3_store::S3Signer::new(support::clients().s3, Duration::from_secs(600));
+    let references = vec![
+        format!("s3://{}/refs/shoe.png", store.bucket()),
+        "https://example.com/a.jpg".into(),
+    ];
+    let signed = imagepipe::provider::sign_references(&references, Some(&signer))
+        .await
+        .unwrap();
+    assert_eq!(signed[1], "https://example.com/a.jpg");
+    assert!(
+        signed[0].starts_with(support::endpoint()) && signed[0].contains("X-Amz-Signature="),
+        "{}",
+        signed[0]
+    );
+    let client = imagepipe::publish::http_client(Duration::from_secs(5));
+    let fetched = client.get(&signed[0]).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(&fetched[..], b"reference bytes");
+
+    let unsigned = imagepipe::provider::sign_references(&references, None)
+        .await
+        .unwrap_err();
+    assert!(unsigned.contains("s3:// references need AWS credentials"), "{unsigned}");
+    let bad = imagepipe::provider::sign_references(&["s3://bucket-only".into()], Some(&signer))
+        .await
+        .unwrap_err();
+    assert!(bad.contains("is not an s3://bucket/key URI"), "{bad}");
+}

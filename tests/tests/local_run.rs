@@ -24,6 +24,7 @@ fn local_run(dir: &Path, csv: &[u8], provider: Arc<ScriptedProvider>, max_attemp
         model: Some("placeholder".into()),
         catalog: Catalog::builtin(),
         provider,
+        signer: None,
         out_dir: dir.join("out"),
         concurrency: 4,
         retry: RetryPolicy {

@@ -27,6 +27,7 @@ fn local_run(dir: &Path, cms: &MockServer, slack: &MockServer, provider: Scripte
         model: Some("placeholder".into()),
         catalog: Catalog::builtin(),
         provider: Arc::new(provider),
+        signer: None,
         out_dir: dir.join("out"),
         concurrency: 2,
         retry: RetryPolicy {

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::StreamExt;
-use imagepipe::adapters::s3_store::S3ObjectStore;
+use std::sync::Arc;
+
+use imagepipe::adapters::s3_store::{S3ObjectStore, S3Signer};
 use imagepipe::adapters::sqs_queue::SqsQueue;
 use imagepipe::catalog::Catalog;
 use imagepipe::config::{Config, ConfigError};
@@ -16,6 +18,9 @@ use imagepipe::retry::RetryPolicy;
 use imagepipe::usecase::deliver::{Disposition, Generator, Providers};
 use lambda_runtime::{Error, LambdaEvent};
 use tracing::Instrument;
+
+/// How long a presigned `s3://` reference stays valid: the provider fetches it during the call.
+const REFERENCE_URL_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// Built once per container.
 pub struct Deps {
@@ -42,6 +47,7 @@ impl Deps {
                 store,
                 catalog: Catalog::builtin(),
                 providers: Providers::new(config.provider),
+                signer: Some(Arc::new(S3Signer::new(clients.s3.clone(), REFERENCE_URL_LIFETIME))),
                 provider_timeout: config.provider_timeout,
                 max_receive_count: config.max_receive_count,
                 backoff: BACKOFF,

@@ -119,18 +119,35 @@ async fn the_generator_binary_answers_an_sqs_event_through_the_runtime_api() {
     let mut logs = String::new();
     function.stdout.take().unwrap().read_to_string(&mut logs).await.unwrap();
 
-    assert_eq!(path, format!("/2018-06-01/runtime/invocation/{REQUEST_ID}/response"), "{body}\n{logs}");
+    assert_eq!(
+        path,
+        format!("/2018-06-01/runtime/invocation/{REQUEST_ID}/response"),
+        "{body}\n{logs}"
+    );
     let response: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         response,
         serde_json::json!({"batchItemFailures": [{"itemIdentifier": "c1d2e3f4-a5b6-4c7d-8e9f-0a1b2c3d4e5f"}]})
     );
-    let head = clients.s3.head_object().bucket(&bucket).key("images/product/SKU-1001.png").send().await;
+    let head = clients
+        .s3
+        .head_object()
+        .bucket(&bucket)
+        .key("images/product/SKU-1001.png")
+        .send()
+        .await;
     assert_eq!(head.unwrap().content_type(), Some("image/png"));
     let outcome = support::receive(&clients, &events).await;
     let outcome: serde_json::Value = serde_json::from_str(outcome.records[0].body.as_deref().unwrap()).unwrap();
-    assert_eq!((outcome["type"].as_str(), outcome["image"]["row"].as_u64()), (Some("job_succeeded"), Some(1)));
+    assert_eq!(
+        (outcome["type"].as_str(), outcome["image"]["row"].as_u64()),
+        (Some("job_succeeded"), Some(1))
+    );
     // JSON logs, one object per line, with the malformed record named.
-    assert!(logs.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "{logs}");
+    assert!(
+        logs.lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+        "{logs}"
+    );
     assert!(logs.contains("job message does not parse"), "{logs}");
 }

@@ -232,3 +232,38 @@ impl S3ObjectStore {
         }
     }
 }
+
+/// Presigned GETs for `s3://` reference images, so every provider can fetch them over https.
+#[derive(Debug, Clone)]
+pub struct S3Signer {
+    client: Client,
+    expires: std::time::Duration,
+}
+
+impl S3Signer {
+    /// URLs valid for `expires` (long enough for the provider call and its retries).
+    pub fn new(client: Client, expires: std::time::Duration) -> Self {
+        Self { client, expires }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::provider::ReferenceSigner for S3Signer {
+    async fn sign(&self, uri: &str) -> Result<String, String> {
+        let (bucket, key) = uri
+            .strip_prefix("s3://")
+            .and_then(|rest| rest.split_once('/'))
+            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+            .ok_or_else(|| format!("{uri:?} is not an s3://bucket/key URI"))?;
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(self.expires).map_err(|e| e.to_string())?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        Ok(request.uri().to_owned())
+    }
+}

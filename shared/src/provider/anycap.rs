@@ -8,7 +8,7 @@ use std::process::Stdio;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::{ImageProvider, ImageRequest, ProviderError, ProviderImage};
+use super::{ImageProvider, ImageRequest, ProviderError, ProviderImage, Usage};
 
 /// Runs the AnyCap binary from `IMAGEPIPE_ANYCAP_BIN`, else `anycap` on `PATH`.
 #[derive(Debug, Clone)]
@@ -110,10 +110,18 @@ async fn read_output(stdout: &[u8], stderr: &[u8], exited_ok: bool) -> Result<Pr
         .and_then(|v| v.get("request_id"))
         .and_then(Value::as_str)
         .map(str::to_owned);
+    let credits = parsed
+        .as_ref()
+        .and_then(|v| v.get("credits_used"))
+        .and_then(Value::as_f64);
     Ok(ProviderImage {
         bytes: Bytes::from(bytes),
         reported_cost_usd: None,
         request_id,
+        usage: Usage {
+            credits,
+            ..Usage::default()
+        },
     })
 }
 

@@ -109,6 +109,7 @@ impl ImageProvider for BedrockProvider {
             bytes,
             reported_cost_usd: None,
             request_id,
+            usage: Default::default(),
         })
     }
 }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::http::{ApiEndpoint, fetch_reference, read_response, snippet};
-use super::{ImageProvider, ImageRequest, ProviderError, ProviderImage, ProviderSetupError};
+use super::{ImageProvider, ImageRequest, ProviderError, ProviderImage, ProviderSetupError, Usage};
 use crate::template::ImageSize;
 
 /// The public endpoint; `IMAGEPIPE_GEMINI_BASE_URL` overrides it.
@@ -163,7 +163,22 @@ fn parse_image(body: &str) -> Result<ProviderImage, ProviderError> {
         bytes: Bytes::from(bytes),
         reported_cost_usd: None,
         request_id: v.get("responseId").and_then(Value::as_str).map(str::to_owned),
+        usage: gemini_usage(&v),
     })
+}
+
+/// `usageMetadata`: thinking tokens are billed as output, like the image's own tokens.
+fn gemini_usage(v: &Value) -> Usage {
+    let count = |field: &str| v.pointer(&format!("/usageMetadata/{field}")).and_then(Value::as_u64);
+    let output = match (count("candidatesTokenCount"), count("thoughtsTokenCount")) {
+        (None, None) => None,
+        (candidates, thoughts) => Some(candidates.unwrap_or(0) + thoughts.unwrap_or(0)),
+    };
+    Usage {
+        input_tokens: count("promptTokenCount"),
+        output_tokens: output,
+        credits: None,
+    }
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ pub struct ImageRequest {
     pub quality: Option<String>,
     pub prompt: String,
     pub size: ImageSize,
-    /// Reference images (http(s) URLs or s3:// URIs) for image-to-image.
+    /// Reference images for image-to-image: http(s) URLs (`s3://` URIs arrive presigned).
     pub references: Vec<String>,
     /// Stable per row, so a retried request asks for the same image.
     pub seed: u64,
@@ -41,6 +41,20 @@ pub struct ProviderImage {
     pub reported_cost_usd: Option<f64>,
     /// The provider's id for the request, for support tickets.
     pub request_id: Option<String>,
+    /// What the provider says the call used, where it says so.
+    pub usage: Usage,
+}
+
+/// Usage a provider reports with an image: tokens (Gemini `usageMetadata`, OpenAI `usage`) or
+/// credits (AnyCap `credits_used`). Turned into dollars with the catalog's token prices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Usage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<f64>,
 }
 
 /// How a provider call failed, and so what to do next.
@@ -91,6 +105,38 @@ pub trait ImageProvider: Send + Sync {
 
     /// Generates one image.
     async fn generate(&self, request: &ImageRequest) -> Result<ProviderImage, ProviderError>;
+}
+
+/// Turns an `s3://bucket/key` reference into an https URL any provider can fetch (a presigned GET).
+#[async_trait::async_trait]
+pub trait ReferenceSigner: Send + Sync {
+    async fn sign(&self, uri: &str) -> Result<String, String>;
+}
+
+/// The references of a request with every `s3://` URI signed; a reason when one cannot be.
+pub async fn sign_references(
+    references: &[String],
+    signer: Option<&dyn ReferenceSigner>,
+) -> Result<Vec<String>, String> {
+    let mut signed = Vec::with_capacity(references.len());
+    for reference in references {
+        if !reference.starts_with("s3://") {
+            signed.push(reference.clone());
+            continue;
+        }
+        let Some(signer) = signer else {
+            return Err(format!(
+                "reference {reference}: s3:// references need AWS credentials (none configured)"
+            ));
+        };
+        signed.push(
+            signer
+                .sign(reference)
+                .await
+                .map_err(|e| format!("reference {reference}: {e}"))?,
+        );
+    }
+    Ok(signed)
 }
 
 /// Why a provider could not be set up.

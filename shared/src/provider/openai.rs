@@ -7,7 +7,7 @@
 use serde_json::json;
 
 use super::http::{ApiEndpoint, fetch_reference, first_data_image, read_response};
-use super::{ImageProvider, ImageRequest, ProviderError, ProviderImage, ProviderSetupError};
+use super::{ImageProvider, ImageRequest, ProviderError, ProviderImage, ProviderSetupError, Usage};
 use crate::template::ImageSize;
 
 /// The public endpoint; `IMAGEPIPE_OPENAI_BASE_URL` overrides it.
@@ -54,10 +54,17 @@ impl OpenAiProvider {
             .await;
         let text = read_response("openai", response).await?;
         let bytes = first_data_image(&self.api.client, "openai", &text, request.timeout).await?;
+        let usage: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+        let tokens = |field: &str| usage.as_ref()?.pointer(&format!("/usage/{field}"))?.as_u64();
         Ok(ProviderImage {
             bytes,
             reported_cost_usd: None,
             request_id: None,
+            usage: Usage {
+                input_tokens: tokens("input_tokens"),
+                output_tokens: tokens("output_tokens"),
+                credits: None,
+            },
         })
     }
 

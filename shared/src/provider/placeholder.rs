@@ -33,6 +33,7 @@ impl ImageProvider for PlaceholderProvider {
             bytes: Bytes::from(bytes),
             reported_cost_usd: Some(0.0),
             request_id: None,
+            usage: Default::default(),
         })
     }
 }

@@ -84,6 +84,7 @@ impl ImageProvider for SeedreamProvider {
             bytes,
             reported_cost_usd: None,
             request_id: None,
+            usage: Default::default(),
         })
     }
 }

@@ -69,6 +69,7 @@ impl ImageProvider for ScriptedProvider {
                 bytes: bytes.clone(),
                 reported_cost_usd: None,
                 request_id: None,
+                usage: Default::default(),
             }),
             _ => PlaceholderProvider.generate(request).await,
         }

@@ -11,7 +11,7 @@ use crate::catalog::Catalog;
 use crate::catalog::ModelInfo;
 use crate::events::PipelineEvent;
 use crate::job::Job;
-use crate::provider::{self, ImageProvider};
+use crate::provider::{self, ImageProvider, ReferenceSigner};
 use crate::queue::MessageQueue;
 use crate::report::{FailureEntry, ImageEntry};
 use crate::retry::RetryPolicy;
@@ -77,6 +77,8 @@ pub struct Generator<S, E> {
     pub events: E,
     pub catalog: Catalog,
     pub providers: Providers,
+    /// Signs `s3://` reference images.
+    pub signer: Option<Arc<dyn ReferenceSigner>>,
     pub provider_timeout: Duration,
     /// The jobs queue's `maxReceiveCount`.
     pub max_receive_count: u32,
@@ -123,6 +125,7 @@ impl<S: ObjectStore, E: MessageQueue> Generator<S, E> {
                     height: generated.height,
                     reused: generated.reused,
                     cost_usd: generated.cost_usd,
+                    credits_used: generated.credits_used,
                 },
             },
             Err(error) if error.is_retryable() && receive_count < self.max_receive_count => {
@@ -172,13 +175,13 @@ impl<S: ObjectStore, E: MessageQueue> Generator<S, E> {
         // A holder that crashed mid-call is taken over once its call must have ended.
         let ttl = timeout + FINISH_TIME;
         let once = once(&self.store, &lease, ttl, || async {
-            generated = Some(generate_image(job, model, &self.store, provider, timeout).await?);
+            generated = Some(generate_image(job, model, &self.store, provider, self.signer.as_deref(), timeout).await?);
             Ok::<(), JobError>(())
         })
         .await?;
         match (once, generated) {
             (_, Some(generated)) => Ok(Some(generated)),
-            (Once::Done, None) => generate_image(job, model, &self.store, provider, timeout)
+            (Once::Done, None) => generate_image(job, model, &self.store, provider, self.signer.as_deref(), timeout)
                 .await
                 .map(Some),
             _ => Ok(None),

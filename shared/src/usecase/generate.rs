@@ -7,7 +7,7 @@ use bytes::Bytes;
 use crate::catalog::ModelInfo;
 use crate::image_format::{self, NotAnImage};
 use crate::job::Job;
-use crate::provider::{ImageProvider, ImageRequest, ProviderError};
+use crate::provider::{ImageProvider, ImageRequest, ProviderError, ReferenceSigner, sign_references};
 use crate::store::{IMAGE_CACHE_CONTROL, NewObject, ObjectStore, StoreError, image_key};
 
 /// A job's image is in the store.
@@ -23,6 +23,8 @@ pub struct Generated {
     pub reused: bool,
     /// What this call cost (0 when reused).
     pub cost_usd: f64,
+    /// Credits the provider reported (AnyCap), next to the catalog price.
+    pub credits_used: Option<f64>,
 }
 
 /// Why a job did not produce an image.
@@ -69,6 +71,7 @@ pub async fn generate_image<S: ObjectStore>(
     model: &ModelInfo,
     store: &S,
     provider: &dyn ImageProvider,
+    signer: Option<&dyn ReferenceSigner>,
     timeout: Duration,
 ) -> Result<Generated, JobError> {
     if let Some(existing) = existing_image(store, job).await? {
@@ -79,7 +82,9 @@ pub async fn generate_image<S: ObjectStore>(
         quality: model.quality.clone(),
         prompt: job.prompt.clone(),
         size: job.size,
-        references: job.references.clone(),
+        references: sign_references(&job.references, signer)
+            .await
+            .map_err(JobError::Invalid)?,
         seed: job.seed(),
         timeout,
     };
@@ -100,7 +105,8 @@ pub async fn generate_image<S: ObjectStore>(
         width: Some(info.width),
         height: Some(info.height),
         reused: false,
-        cost_usd: image.reported_cost_usd.unwrap_or(model.price_per_image),
+        cost_usd: image.reported_cost_usd.unwrap_or_else(|| model.cost_of(&image.usage)),
+        credits_used: image.usage.credits,
     })
 }
 
@@ -118,6 +124,7 @@ pub async fn existing_image<S: ObjectStore>(store: &S, job: &Job) -> Result<Opti
         height: None,
         reused: true,
         cost_usd: 0.0,
+        credits_used: None,
     }))
 }
 

@@ -47,9 +47,9 @@ pub fn clients() -> AwsClients {
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint())
-        .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(
-            Credentials::for_tests(),
-        ))
+        .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(Credentials::new(
+            "test", "test", None, None, "emulator",
+        )))
         .build();
     let s3 = aws_sdk_s3::config::Builder::from(&config)
         .force_path_style(true)
