@@ -71,9 +71,15 @@ async fn success_sends_the_documented_request_and_returns_the_inline_image() {
 
     assert!(image.bytes.starts_with(b"\x89PNG"));
     assert_eq!(image.request_id.as_deref(), Some("resp-123"));
-    assert_eq!((image.usage.input_tokens, image.usage.output_tokens), (Some(8), Some(1290)));
+    assert_eq!(
+        (image.usage.input_tokens, image.usage.output_tokens),
+        (Some(8), Some(1290))
+    );
     // 1,290 output tokens at nano-banana's token price is its list price per image, to the cent.
-    let cost = imagepipe::catalog::Catalog::builtin().model("nano-banana").unwrap().cost_of(&image.usage);
+    let cost = imagepipe::catalog::Catalog::builtin()
+        .model("nano-banana")
+        .unwrap()
+        .cost_of(&image.usage);
     assert!((cost - 0.0387).abs() < 1e-4, "{cost}");
     let sent: serde_json::Value = serde_json::from_slice(&server.received_requests().await.unwrap()[0].body).unwrap();
     assert_eq!(sent["contents"][0]["parts"][0]["text"], "A red mug");

@@ -94,27 +94,25 @@ pub async fn handle(deps: &Deps, event: LambdaEvent<SqsEvent>) -> Result<SqsBatc
 /// Per run: the message ids, the outcomes, and whether the run's split event was among them.
 fn by_run(handled: &[(String, Record)]) -> BTreeMap<String, (Vec<String>, Vec<Outcome>, bool)> {
     let mut runs: BTreeMap<String, (Vec<String>, Vec<Outcome>, bool)> = BTreeMap::new();
-    for (id, handled) in handled {
-        match handled {
-            Record::Handled(Handled::Outcome { run_id, outcome }) => {
-                let run = runs.entry(run_id.clone()).or_default();
-                run.0.push(id.clone());
-                run.1.push(outcome.clone());
-            }
-            Record::Handled(Handled::Split { run_id }) => {
-                let run = runs.entry(run_id.clone()).or_default();
-                run.0.push(id.clone());
-                run.2 = true;
-            }
-            Record::Dropped | Record::Again => {}
-        }
+    for (id, record) in handled {
+        let Record::Handled(handled) = record else {
+            continue;
+        };
+        let (run_id, outcome, split) = match handled.as_ref() {
+            Handled::Outcome { run_id, outcome } => (run_id, Some(outcome), false),
+            Handled::Split { run_id } => (run_id, None, true),
+        };
+        let run = runs.entry(run_id.clone()).or_default();
+        run.0.push(id.clone());
+        run.1.extend(outcome.cloned());
+        run.2 |= split;
     }
     runs
 }
 
 /// What became of one record.
 enum Record {
-    Handled(Handled),
+    Handled(Box<Handled>),
     /// Deleted without effect.
     Dropped,
     /// To be delivered again.
@@ -137,7 +135,7 @@ async fn handle_record(deps: &Deps, record: &SqsMessage) -> Record {
         .and_then(|c| c.parse().ok())
         .unwrap_or(1);
     match deps.finisher.handle(input, receive_count).await {
-        Ok(handled) => Record::Handled(handled),
+        Ok(handled) => Record::Handled(Box::new(handled)),
         Err(e) => {
             tracing::warn!(error = %e, receive_count, "record comes back later");
             Record::Again
