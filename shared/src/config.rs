@@ -18,7 +18,7 @@ pub const SECRET_VARIABLES: [&str; 5] = [
 ];
 
 /// Every variable [`Config::from_env`] reads (besides the secrets and their `_PARAM` forms).
-pub const VARIABLES: [&str; 16] = [
+pub const VARIABLES: [&str; 17] = [
     "IMAGEPIPE_BUCKET",
     "JOBS_QUEUE_URL",
     "EVENTS_QUEUE_URL",
@@ -27,6 +27,7 @@ pub const VARIABLES: [&str; 16] = [
     "MAX_ROWS_PER_RUN",
     "SEND_CONCURRENCY",
     "PROVIDER_TIMEOUT_SECS",
+    "PROVIDER_TIMEOUTS",
     "JOBS_MAX_RECEIVE_COUNT",
     "CMS_BASE_URL",
     "CMS_METHOD",
@@ -91,6 +92,8 @@ pub struct Config {
     pub max_rows_per_run: u64,
     pub send_concurrency: usize,
     pub provider_timeout: Duration,
+    /// Per-provider timeouts (`PROVIDER_TIMEOUTS=gemini=60,openai=180`) over `provider_timeout`.
+    pub provider_timeouts: HashMap<String, Duration>,
     /// The jobs queue's `maxReceiveCount`: the last delivery turns a retryable error into a failure with its reason.
     pub max_receive_count: u32,
     pub cms: Option<CmsConfig>,
@@ -125,6 +128,7 @@ impl Config {
             provider_timeout: Duration::from_secs(
                 parse(&var, "PROVIDER_TIMEOUT_SECS", "whole seconds")?.unwrap_or(120),
             ),
+            provider_timeouts: timeouts(var("PROVIDER_TIMEOUTS"))?,
             max_receive_count: parse(&var, "JOBS_MAX_RECEIVE_COUNT", "a whole number")?.unwrap_or(3),
             cms,
             cms_max_attempts: parse(&var, "CMS_MAX_ATTEMPTS", "a whole number")?.unwrap_or(5),
@@ -154,6 +158,26 @@ impl Config {
             None => format!("s3://{}/{object_key}", self.bucket),
         }
     }
+}
+
+/// `name=seconds` pairs, comma-separated.
+fn timeouts(value: Option<String>) -> Result<HashMap<String, Duration>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(HashMap::new());
+    };
+    value
+        .split(',')
+        .filter(|pair| !pair.trim().is_empty())
+        .map(|pair| {
+            let (name, secs) = pair.split_once('=').unwrap_or((pair, ""));
+            let secs: u64 = secs.trim().parse().map_err(|_| ConfigError::Invalid {
+                name: "PROVIDER_TIMEOUTS",
+                value: value.clone(),
+                expected: "provider=seconds pairs, comma-separated (gemini=60,openai=180)",
+            })?;
+            Ok((name.trim().to_owned(), Duration::from_secs(secs)))
+        })
+        .collect()
 }
 
 fn parse<T: std::str::FromStr>(
@@ -188,6 +212,14 @@ mod tests {
         let ok = config(&[("IMAGEPIPE_BUCKET", "b")]).unwrap();
         assert_eq!(ok.jobs_queue_url().unwrap_err(), ConfigError::Missing("JOBS_QUEUE_URL"));
         assert_eq!((ok.max_rows_per_run, ok.max_receive_count, ok.cms), (100_000, 3, None));
+        let timeouts = config(&[
+            ("IMAGEPIPE_BUCKET", "b"),
+            ("PROVIDER_TIMEOUTS", "gemini=60, openai=180"),
+        ])
+        .unwrap();
+        assert_eq!(timeouts.provider_timeouts["openai"], Duration::from_secs(180));
+        let error = config(&[("IMAGEPIPE_BUCKET", "b"), ("PROVIDER_TIMEOUTS", "gemini")]).unwrap_err();
+        assert!(error.to_string().contains("provider=seconds"), "{error}");
     }
 
     #[test]

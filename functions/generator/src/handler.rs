@@ -49,6 +49,7 @@ impl Deps {
                 providers: Providers::new(config.provider),
                 signer: Some(Arc::new(S3Signer::new(clients.s3.clone(), REFERENCE_URL_LIFETIME))),
                 provider_timeout: config.provider_timeout,
+                provider_timeouts: config.provider_timeouts,
                 max_receive_count: config.max_receive_count,
                 backoff: BACKOFF,
                 location: Box::new(move |key| format!("s3://{bucket}/{key}")),

@@ -80,6 +80,8 @@ pub struct Generator<S, E> {
     /// Signs `s3://` reference images.
     pub signer: Option<Arc<dyn ReferenceSigner>>,
     pub provider_timeout: Duration,
+    /// Per provider name, over `provider_timeout`.
+    pub provider_timeouts: HashMap<String, Duration>,
     /// The jobs queue's `maxReceiveCount`.
     pub max_receive_count: u32,
     /// Back-off between deliveries.
@@ -97,7 +99,9 @@ impl<S: ObjectStore, E: MessageQueue> Generator<S, E> {
         };
         let result = match self.model_and_provider(job).await {
             Ok((model, provider)) => {
-                let timeout = self.provider_timeout.min(budget);
+                // The call never outlives the invocation: it gets what is left, at most its timeout.
+                let configured = self.provider_timeouts.get(provider.name()).copied();
+                let timeout = configured.unwrap_or(self.provider_timeout).min(budget);
                 self.generate_leased(job, &model, provider.as_ref(), timeout).await
             }
             Err(reason) => Err(JobError::Invalid(reason)),
@@ -105,7 +109,10 @@ impl<S: ObjectStore, E: MessageQueue> Generator<S, E> {
         let result = match result {
             Ok(Some(generated)) => Ok(generated),
             Ok(None) => {
-                let after = self.provider_timeout.min(budget) + FINISH_TIME;
+                let after = self
+                    .provider_timeout
+                    .max(self.provider_timeouts.values().copied().max().unwrap_or_default())
+                    + FINISH_TIME;
                 tracing::info!(?after, "another delivery is generating this image; checking back later");
                 return Disposition::RetryAfter(after);
             }
