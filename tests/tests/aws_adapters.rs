@@ -215,3 +215,36 @@ async fn s3_references_are_presigned_into_urls_a_provider_can_fetch() {
         .unwrap_err();
     assert!(bad.contains("is not an s3://bucket/key URI"), "{bad}");
 }
+
+#[tokio::test]
+async fn secrets_named_by_param_variables_are_read_from_ssm_and_missing_ones_are_named() {
+    let clients = support::clients();
+    let name = format!("/imagepipe/{}/cms-token", support::unique("test"));
+    clients
+        .ssm
+        .put_parameter()
+        .name(&name)
+        .value("cms-secret-value")
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
+    let vars = HashMap::from([("CMS_TOKEN_PARAM".to_owned(), name.clone())]);
+    let secrets = imagepipe::adapters::ssm_secrets::read_secrets(&clients.ssm, |v| vars.get(v).cloned())
+        .await
+        .unwrap();
+    assert_eq!(
+        secrets,
+        HashMap::from([("CMS_TOKEN".to_owned(), "cms-secret-value".to_owned())])
+    );
+
+    let vars = HashMap::from([("SLACK_WEBHOOK_URL_PARAM".to_owned(), "/imagepipe/missing".to_owned())]);
+    let error = imagepipe::adapters::ssm_secrets::read_secrets(&clients.ssm, |v| vars.get(v).cloned())
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("SLACK_WEBHOOK_URL_PARAM (/imagepipe/missing)") && message.contains("ParameterNotFound"),
+        "{message}"
+    );
+}

@@ -533,3 +533,71 @@ async fn a_scheduled_run_names_its_csv_template_and_model_and_unknown_templates_
         "{texts:?}"
     );
 }
+
+#[tokio::test]
+async fn a_csv_over_the_row_limit_is_refused_with_a_message_before_any_job() {
+    let stack = Stack::new(ScriptedProvider::default(), &[("MAX_ROWS_PER_RUN", "4")]).await;
+    slack_accepts(&stack.slack).await;
+    let event = stack
+        .upload(
+            "incoming/product_hero/big.csv",
+            include_str!("../../events/products.csv"),
+        )
+        .await;
+    let split = stack.split(event).await;
+    assert_eq!(split[0].jobs_sent, 0);
+    let reason = split[0].rejected.as_deref().unwrap();
+    assert!(
+        reason.contains("has 5 rows; one run takes at most 4 (MAX_ROWS_PER_RUN)"),
+        "{reason}"
+    );
+    stack.drain(1).await;
+    assert_eq!(stack.report(&split[0].run_id).await.failed, 5);
+}
+
+#[tokio::test]
+async fn the_sample_finalizer_batch_records_each_outcome_once_and_completes_its_run() {
+    let stack = Stack::new(ScriptedProvider::default(), &[]).await;
+    cms_accepts(&stack.cms).await;
+    slack_accepts(&stack.slack).await;
+    let run_id = "run-5f0c2a1d9e8b7c6a";
+    let manifest = serde_json::json!({
+        "run_id": run_id, "source": "s3://imagepipe-example/incoming/product/p.csv", "etag": "e",
+        "template": "product", "model": "placeholder", "provider": "placeholder", "started_at_ms": 0
+    });
+    let summary = serde_json::json!({
+        "run_id": run_id, "rows": 4, "valid": 3, "estimated_cost_usd": 0.0,
+        "invalid_rows": [{ "row": 4, "reason": "column \"color\" is empty" }]
+    });
+    for (key, body) in [("manifest.json", manifest), ("split.json", summary)] {
+        let body = serde_json::to_vec(&body).unwrap();
+        let put = stack
+            .clients
+            .s3
+            .put_object()
+            .bucket(&stack.bucket)
+            .key(format!("runs/{run_id}/{key}"));
+        put.body(body.into()).send().await.unwrap();
+    }
+    let event: SqsEvent = serde_json::from_str(include_str!("../../events/sqs-events.json")).unwrap();
+    for _ in 0..2 {
+        // Delivered twice: the second delivery changes nothing.
+        let response = finalizer::handler::handle(&stack.finalizer, LambdaEvent::new(event.clone(), context()))
+            .await
+            .unwrap();
+        assert!(response.batch_item_failures.is_empty());
+    }
+    let report = stack.report(run_id).await;
+    assert_eq!(
+        (report.rows, report.succeeded, report.failed, report.invalid),
+        (4, 1, 2, 1)
+    );
+    assert!(
+        report.failures[1].reason.contains("dead-letter queue"),
+        "{:?}",
+        report.failures
+    );
+    assert_eq!(stack.cms_patches().await, vec!["/api/products/SKU-1001"]);
+    let texts = stack.slack_texts().await;
+    assert_eq!(texts.iter().filter(|t| t.contains("finished")).count(), 1, "{texts:?}");
+}

@@ -6,11 +6,21 @@ use std::collections::HashMap;
 use crate::adapters::s3_store::error_chain;
 use crate::config::{ConfigError, SECRET_VARIABLES, install_secrets};
 
-/// Reads every secret given as `<NAME>_PARAM` and makes it visible to [`crate::config::secret`].
+/// Reads every secret given as `<NAME>_PARAM` in the environment and makes it visible to
+/// [`crate::config::secret`].
 pub async fn load_secrets(client: &aws_sdk_ssm::Client) -> Result<(), ConfigError> {
+    install_secrets(read_secrets(client, |name| std::env::var(name).ok()).await?);
+    Ok(())
+}
+
+/// Reads the secrets whose `<NAME>_PARAM` variable `var` names, from SSM.
+pub async fn read_secrets(
+    client: &aws_sdk_ssm::Client,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<HashMap<String, String>, ConfigError> {
     let mut values = HashMap::new();
     for name in SECRET_VARIABLES {
-        let Some(parameter) = std::env::var(format!("{name}_PARAM")).ok().filter(|p| !p.is_empty()) else {
+        let Some(parameter) = var(&format!("{name}_PARAM")).filter(|p| !p.is_empty()) else {
             continue;
         };
         let output = client
@@ -33,6 +43,5 @@ pub async fn load_secrets(client: &aws_sdk_ssm::Client) -> Result<(), ConfigErro
         tracing::info!(secret = name, %parameter, "secret read");
         values.insert(name.to_owned(), value.to_owned());
     }
-    install_secrets(values);
-    Ok(())
+    Ok(values)
 }
