@@ -18,7 +18,7 @@ pub const SECRET_VARIABLES: [&str; 5] = [
 ];
 
 /// Every variable [`Config::from_env`] reads (besides the secrets and their `_PARAM` forms).
-pub const VARIABLES: [&str; 17] = [
+pub const VARIABLES: [&str; 20] = [
     "IMAGEPIPE_BUCKET",
     "JOBS_QUEUE_URL",
     "EVENTS_QUEUE_URL",
@@ -36,6 +36,10 @@ pub const VARIABLES: [&str; 17] = [
     "CMS_MAX_ATTEMPTS",
     "IMAGEPIPE_PUBLIC_BASE_URL",
     "COMPLETION_CLAIM_TTL_SECS",
+    // Read by the providers themselves: another API endpoint (a proxy, a region); empty for the default.
+    "IMAGEPIPE_GEMINI_BASE_URL",
+    "IMAGEPIPE_OPENAI_BASE_URL",
+    "IMAGEPIPE_ARK_BASE_URL",
 ];
 
 static SECRETS: OnceLock<HashMap<String, String>> = OnceLock::new();

@@ -214,16 +214,7 @@ impl Stack {
     }
 
     async fn slack_texts(&self) -> Vec<String> {
-        let requests = self.slack.received_requests().await.unwrap_or_default();
-        requests
-            .iter()
-            .map(|r| {
-                serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["text"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect()
+        support::slack_texts(&self.slack).await
     }
 
     async fn cms_patches(&self) -> Vec<String> {

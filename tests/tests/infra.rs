@@ -36,19 +36,28 @@ fn template_environment_matches_the_config_exactly() {
     let found = template_variables();
     let missing: Vec<_> = expected.difference(&found).collect();
     let unknown: Vec<_> = found.difference(&expected).collect();
-    assert!(missing.is_empty() && unknown.is_empty(), "missing in the template: {missing:?}; unknown to Config: {unknown:?}");
+    assert!(
+        missing.is_empty() && unknown.is_empty(),
+        "missing in the template: {missing:?}; unknown to Config: {unknown:?}"
+    );
 }
 
 #[test]
 fn secrets_are_never_plain_values_in_the_template() {
     for secret in SECRET_VARIABLES {
-        assert!(!TEMPLATE.contains(&format!("{secret}:")), "{secret} must be passed by name ({secret}_PARAM)");
+        assert!(
+            !TEMPLATE.contains(&format!("{secret}:")),
+            "{secret} must be passed by name ({secret}_PARAM)"
+        );
     }
 }
 
 #[test]
 fn every_function_package_is_deployed_from_its_cargo_lambda_directory() {
     for function in ["splitter", "generator", "finalizer"] {
-        assert!(TEMPLATE.contains(&format!("CodeUri: ../target/lambda/{function}/")), "{function}");
+        assert!(
+            TEMPLATE.contains(&format!("CodeUri: ../target/lambda/{function}/")),
+            "{function}"
+        );
     }
 }

@@ -208,7 +208,10 @@ impl ApiEndpoint {
         default_base: &str,
     ) -> Result<Self, super::ProviderSetupError> {
         let key = super::env_key(provider, key_var)?;
-        let base = std::env::var(base_var).unwrap_or_else(|_| default_base.to_owned());
+        let base = std::env::var(base_var)
+            .ok()
+            .filter(|b| !b.trim().is_empty())
+            .unwrap_or_else(|| default_base.to_owned());
         Ok(Self::new(client, &base, &key))
     }
 

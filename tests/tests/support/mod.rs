@@ -184,3 +184,17 @@ pub async fn depth(clients: &AwsClients, url: &str) -> u64 {
     .map(|a| attributes.get(a).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
     .sum()
 }
+
+/// The `text` of every message a Slack stand-in received.
+pub async fn slack_texts(slack: &wiremock::MockServer) -> Vec<String> {
+    let requests = slack.received_requests().await.unwrap_or_default();
+    requests
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}

@@ -1,0 +1,325 @@
+//! The strongest test: `infra/template.yaml` itself, deployed as a stack into the local AWS emulator
+//! (ministack runs CloudFormation with the SAM transform, the functions' `bootstrap` binaries as host
+//! processes under a real Lambda Runtime API, S3 → Lambda notifications, SQS event source mappings
+//! with `ReportBatchItemFailures`, and EventBridge schedules). The functions talk to local stand-ins
+//! for Gemini, the CMS and Slack. CSVs are uploaded with the S3 API, and the test waits for the runs'
+//! reports and checks the invariants on what the stack produced. On failure it prints the functions'
+//! CloudWatch logs. The stand-in refuses one product and fails another once, but only for the
+//! `product` template: the clean upload (`product_hero`) must succeed whole.
+//!
+//! The emulator's known gaps are tested at the handler level instead (tests/tests/aws_pipeline.rs):
+//! it enforces no IAM policy, ignores the arm64 architecture (bootstraps are built for this host),
+//! drops EventBridge → Lambda failures, and deletes a whole batch for a bogus batch item id.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use imagepipe::report::RunReport;
+use wiremock::matchers::{body_string_contains, method, path_regex};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const FUNCTIONS: [&str; 3] = ["splitter", "generator", "finalizer"];
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// Builds the three functions for this host and stages them where the template's `CodeUri`s point.
+fn stage() -> tempfile::TempDir {
+    let status = Command::new(env!("CARGO"))
+        .current_dir(workspace())
+        .args([
+            "build",
+            "--package",
+            "splitter",
+            "--package",
+            "generator",
+            "--package",
+            "finalizer",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the functions failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace().join("target"), PathBuf::from);
+    let stage = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(stage.path().join("infra")).unwrap();
+    std::fs::copy(
+        workspace().join("infra/template.yaml"),
+        stage.path().join("infra/template.yaml"),
+    )
+    .unwrap();
+    for function in FUNCTIONS {
+        let dir = stage.path().join("target/lambda").join(function);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(target.join("debug").join(function), dir.join("bootstrap")).unwrap();
+    }
+    stage
+}
+
+/// The tools venv's Python (boto3 and the SAM CLI), installed by `scripts/tools`.
+fn python() -> PathBuf {
+    let output = Command::new(workspace().join("scripts/tools")).output().unwrap();
+    assert!(
+        output.status.success(),
+        "scripts/tools: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim()).join("python")
+}
+
+fn aws_command(program: &Path) -> Command {
+    let mut command = Command::new(program);
+    command
+        .env("AWS_ENDPOINT_URL", support::endpoint())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("SAM_CLI_TELEMETRY", "0");
+    command
+}
+
+/// Prints the functions' logs if the test panics.
+struct LogsOnFailure {
+    python: PathBuf,
+    functions: Vec<String>,
+}
+
+impl Drop for LogsOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let script = workspace().join("tests/stack/logs.py");
+            let _ = aws_command(&self.python).arg(script).args(&self.functions).status();
+        }
+    }
+}
+
+async fn gemini_stand_in() -> MockServer {
+    let server = MockServer::start().await;
+    let png = imagepipe::provider::placeholder::render_png(256, 256, b"stack").unwrap();
+    let image = serde_json::json!({
+        "candidates": [{ "content": { "parts": [{ "inlineData": {
+            "mimeType": "image/png", "data": base64::engine::general_purpose::STANDARD.encode(&png) } }] },
+            "finishReason": "STOP" }],
+        "usageMetadata": { "promptTokenCount": 20, "candidatesTokenCount": 1290 }
+    });
+    let refusal = serde_json::json!({ "error": { "code": 400, "status": "INVALID_ARGUMENT",
+        "message": "The request was blocked by the safety system" } });
+    Mock::given(body_string_contains("Product photo of Ceramic pour-over"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(refusal))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(body_string_contains("Product photo of Leather weekender"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("<html><body>Service Unavailable</body></html>"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/v1beta/models/[^/]+:generateContent$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(image))
+        .with_priority(5)
+        .mount(&server)
+        .await;
+    server
+}
+
+async fn put_secret(name: &str, value: &str) {
+    let ssm = support::clients().ssm;
+    let put = ssm
+        .put_parameter()
+        .name(name)
+        .value(value)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString);
+    put.send().await.unwrap();
+}
+
+async fn wait_for_report(bucket: &str, run_prefix_of: &str, timeout: Duration) -> RunReport {
+    let s3 = support::clients().s3;
+    let started = Instant::now();
+    loop {
+        let listed = s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix("runs/")
+            .send()
+            .await
+            .unwrap();
+        for object in listed.contents() {
+            let key = object.key().unwrap_or_default();
+            if !key.ends_with("/report.json") {
+                continue;
+            }
+            let body = s3
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .unwrap()
+                .body
+                .collect()
+                .await
+                .unwrap();
+            let report: RunReport = serde_json::from_slice(&body.into_bytes()).unwrap();
+            if report.source.ends_with(run_prefix_of) {
+                return report;
+            }
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "no report for {run_prefix_of} within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_deployed_stack_runs_uploads_and_schedules_end_to_end() {
+    let stage = stage();
+    let python = python();
+    let stack = support::unique("imagepipe");
+    let (gemini, cms, slack) = (
+        gemini_stand_in().await,
+        MockServer::start().await,
+        MockServer::start().await,
+    );
+    Mock::given(method("PATCH"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&cms)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("ok"))
+        .mount(&slack)
+        .await;
+    let secrets = format!("/{stack}");
+    put_secret(&format!("{secrets}/gemini"), "stack-gemini-key").await;
+    put_secret(&format!("{secrets}/cms"), "stack-cms-token").await;
+    put_secret(
+        &format!("{secrets}/slack"),
+        &format!("{}/services/T0/B0/stack", slack.uri()),
+    )
+    .await;
+    let bucket = format!("{stack}-000000000000-us-east-1");
+
+    let parameters = [
+        "Architecture=x86_64".to_owned(),
+        "Provider=gemini".to_owned(),
+        format!("ProviderBaseUrl={}", gemini.uri()),
+        format!("GeminiApiKeyParam={secrets}/gemini"),
+        format!("CmsTokenParam={secrets}/cms"),
+        format!("SlackWebhookParam={secrets}/slack"),
+        format!("CmsBaseUrl={}", cms.uri()),
+        "PublicBaseUrl=https://images.example.test".to_owned(),
+        "GeneratorTimeout=60".to_owned(),
+        "ScheduleExpression=rate(1 minute)".to_owned(),
+        format!("ScheduleCsv=s3://{bucket}/schedules/articles.csv"),
+        "ScheduleTemplate=blog_hero".to_owned(),
+    ];
+    let deployed = aws_command(&python)
+        .arg(workspace().join("tests/stack/deploy.py"))
+        .arg(stage.path())
+        .arg(&stack)
+        .args(&parameters)
+        .output()
+        .unwrap();
+    assert!(
+        deployed.status.success(),
+        "deploy failed:\n{}",
+        String::from_utf8_lossy(&deployed.stderr)
+    );
+    let outputs: serde_json::Value = serde_json::from_slice(&deployed.stdout).unwrap();
+    assert_eq!(outputs["BucketName"], bucket.as_str());
+    let _logs = LogsOnFailure {
+        python: python.clone(),
+        functions: ["SplitterFunctionName", "GeneratorFunctionName", "FinalizerFunctionName"]
+            .iter()
+            .map(|o| outputs[o].as_str().unwrap().to_owned())
+            .collect(),
+    };
+
+    let s3 = support::clients().s3;
+    for (key, csv) in [
+        (
+            "incoming/product_hero/clean.csv",
+            include_str!("../../events/products.csv"),
+        ),
+        (
+            "incoming/product/with-errors.csv",
+            include_str!("../../events/products-with-errors.csv"),
+        ),
+        ("schedules/articles.csv", include_str!("../../events/articles.csv")),
+    ] {
+        s3.put_object()
+            .bucket(&bucket)
+            .key(key)
+            .body(csv.as_bytes().to_vec().into())
+            .send()
+            .await
+            .unwrap();
+    }
+
+    let clean = wait_for_report(&bucket, "incoming/product_hero/clean.csv", Duration::from_secs(120)).await;
+    assert_eq!(
+        (clean.rows, clean.succeeded, clean.failed, clean.invalid),
+        (5, 5, 0, 0),
+        "{clean:?}"
+    );
+    assert_eq!(clean.cms_updated, 5);
+    assert!(
+        (clean.actual_cost_usd - 5.0 * 0.0774).abs() < 0.01,
+        "token-priced: {}",
+        clean.actual_cost_usd
+    );
+
+    let faulty = wait_for_report(&bucket, "incoming/product/with-errors.csv", Duration::from_secs(120)).await;
+    assert_eq!(
+        (faulty.rows, faulty.succeeded, faulty.failed, faulty.invalid),
+        (8, 4, 1, 3),
+        "{faulty:?}"
+    );
+    assert!(
+        faulty.failures[0].reason.contains("safety system"),
+        "{:?}",
+        faulty.failures
+    );
+
+    let scheduled = wait_for_report(&bucket, "schedules/articles.csv", Duration::from_secs(150)).await;
+    assert_eq!(
+        (scheduled.template.as_str(), scheduled.failed, scheduled.invalid),
+        ("blog_hero", 0, 0)
+    );
+    assert_eq!(scheduled.succeeded, scheduled.rows);
+
+    // Every image in S3 once, under its template, with its metadata.
+    let images = s3
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix("images/")
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = images.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(
+        keys.len() as u64,
+        clean.succeeded + faulty.succeeded + scheduled.succeeded,
+        "{keys:?}"
+    );
+    // One CMS update per product image; one completion message per run (the schedule may fire again: no new run).
+    let patches = cms.received_requests().await.unwrap();
+    assert_eq!(
+        patches.len() as u64,
+        clean.succeeded + faulty.succeeded + scheduled.succeeded
+    );
+    let texts = support::slack_texts(&slack).await;
+    assert_eq!(texts.iter().filter(|t| t.contains("finished")).count(), 3, "{texts:#?}");
+    assert!(
+        texts
+            .iter()
+            .all(|t| !t.contains("stack-cms-token") && !t.contains("stack-gemini-key"))
+    );
+}
