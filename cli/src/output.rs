@@ -131,6 +131,26 @@ pub fn plan(plan: &Plan, json: bool) -> anyhow::Result<()> {
             line.model, line.provider, line.cost_usd
         )?;
     }
+    let usage = &plan.aws_usage;
+    writeln!(
+        out,
+        "
+AWS infrastructure on the serverless path (generator {} MB, batch {}, {} s per provider call):",
+        usage.generator_memory_mb, usage.generator_batch, usage.provider_latency_secs
+    )?;
+    for cost in &plan.aws_cost {
+        writeln!(
+            out,
+            "  {:>7} images  ${:>8.4}  (Lambda ${:.4}, SQS ${:.4}, S3 ${:.4}, logs ${:.4}) + provider ${:.2}",
+            cost.images,
+            cost.total_usd,
+            cost.lambda_usd,
+            cost.sqs_usd,
+            cost.s3_usd,
+            cost.logs_usd,
+            plan.price_per_image * cost.images as f64
+        )?;
+    }
     Ok(())
 }
 

@@ -54,6 +54,8 @@ impl ModelInfo {
 pub struct Catalog {
     pub prices_as_of: String,
     pub currency: String,
+    /// AWS prices of the serverless path.
+    pub aws: crate::aws_cost::AwsPrices,
     pub models: BTreeMap<String, ModelInfo>,
 }
 

@@ -4,6 +4,7 @@
 //! against small ports (object store, image provider), and the adapters that implement the ports.
 
 pub mod adapters;
+pub mod aws_cost;
 pub mod catalog;
 pub mod config;
 pub mod events;

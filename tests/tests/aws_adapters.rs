@@ -248,3 +248,25 @@ async fn secrets_named_by_param_variables_are_read_from_ssm_and_missing_ones_are
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn a_lease_has_one_holder_until_released_or_expired() {
+    use imagepipe::usecase::complete::{acquire, release};
+    let store = store().await;
+    let ttl = Duration::from_secs(60);
+    let leases = futures::future::join_all((0..6).map(|_| acquire(&store, "leases/p/A1/", ttl))).await;
+    let held: Vec<_> = leases.into_iter().filter_map(Result::unwrap).collect();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert!(!held[0].taken_over);
+    release(&store, &held[0]).await;
+    let again = acquire(&store, "leases/p/A1/", ttl)
+        .await
+        .unwrap()
+        .expect("a released lease is free");
+    assert!(again.taken_over, "the next holder re-checks what the last one did");
+    assert_eq!(acquire(&store, "leases/p/A1/", ttl).await.unwrap(), None);
+    assert!(
+        acquire(&store, "leases/p/A1/", Duration::ZERO).await.unwrap().is_some(),
+        "an expired lease is taken over"
+    );
+}

@@ -9,78 +9,8 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-
-const REQUEST_ID: &str = "8476a536-e9f4-11e8-9739-2dfe598c3fcd";
-
-/// Serves one invocation of `event`, then holds further `next` calls open; sends what the
-/// function posted back (path, body) on the channel.
-async fn runtime_api(event: String) -> (String, mpsc::Receiver<(String, String)>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    let (posted, received) = mpsc::channel(4);
-    tokio::spawn(async move {
-        let mut served = false;
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (event, posted) = (event.clone(), posted.clone());
-            let first = !served;
-            served = true;
-            tokio::spawn(connection(stream, event, posted, first));
-        }
-    });
-    (address, received)
-}
-
-async fn connection(stream: TcpStream, event: String, posted: mpsc::Sender<(String, String)>, mut give_event: bool) {
-    let mut stream = BufReader::new(stream);
-    loop {
-        let mut request_line = String::new();
-        if stream.read_line(&mut request_line).await.unwrap_or(0) == 0 {
-            return;
-        }
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            stream.read_line(&mut line).await.unwrap();
-            if line.trim().is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; length];
-        stream.read_exact(&mut body).await.unwrap();
-        let path = request_line.split_whitespace().nth(1).unwrap_or_default().to_owned();
-        if path.ends_with("/invocation/next") {
-            if !give_event {
-                std::future::pending::<()>().await;
-            }
-            give_event = false;
-            let deadline = imagepipe::usecase::split::now_ms() + 60_000;
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nLambda-Runtime-Aws-Request-Id: {REQUEST_ID}\r\n\
-                 Lambda-Runtime-Deadline-Ms: {deadline}\r\nLambda-Runtime-Invoked-Function-Arn: \
-                 arn:aws:lambda:us-east-1:123456789012:function:generator\r\nContent-Length: {}\r\n\r\n",
-                event.len()
-            );
-            stream.get_mut().write_all(head.as_bytes()).await.unwrap();
-            stream.get_mut().write_all(event.as_bytes()).await.unwrap();
-        } else {
-            let _ = posted.send((path, String::from_utf8_lossy(&body).into_owned())).await;
-            stream
-                .get_mut()
-                .write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n{}")
-                .await
-                .unwrap();
-        }
-    }
-}
+use imagepipe_tests::runtime_api::{self, REQUEST_ID};
+use tokio::io::AsyncReadExt;
 
 #[tokio::test]
 async fn the_generator_binary_answers_an_sqs_event_through_the_runtime_api() {
@@ -89,7 +19,7 @@ async fn the_generator_binary_answers_an_sqs_event_through_the_runtime_api() {
     let jobs = support::queue(&clients, "bb-jobs", Default::default()).await;
     let events = support::queue(&clients, "bb-events", Default::default()).await;
     let event = include_str!("../../../events/sqs-jobs.json").to_owned();
-    let (api, mut posted) = runtime_api(event).await;
+    let (api, mut posted) = runtime_api::serve(event).await;
 
     let mut function = tokio::process::Command::new(env!("CARGO_BIN_EXE_generator"))
         .env_clear()
@@ -111,10 +41,17 @@ async fn the_generator_binary_answers_an_sqs_event_through_the_runtime_api() {
         .spawn()
         .unwrap();
 
-    let (path, body) = tokio::time::timeout(Duration::from_secs(60), posted.recv())
+    let answer = async {
+        loop {
+            let (path, body) = posted.recv().await.unwrap();
+            if !path.ends_with("/invocation/next") {
+                return (path, body);
+            }
+        }
+    };
+    let (path, body) = tokio::time::timeout(Duration::from_secs(60), answer)
         .await
-        .expect("the function answers within a minute")
-        .unwrap();
+        .expect("the function answers within a minute");
     function.kill().await.unwrap();
     let mut logs = String::new();
     function.stdout.take().unwrap().read_to_string(&mut logs).await.unwrap();

@@ -16,8 +16,8 @@ use crate::queue::MessageQueue;
 use crate::report::{FailureEntry, ImageEntry};
 use crate::retry::RetryPolicy;
 use crate::store::ObjectStore;
-use crate::usecase::complete::{Once, once};
-use crate::usecase::generate::{self, Generated, JobError, generate_image};
+use crate::usecase::complete::{acquire, release};
+use crate::usecase::generate::{self, Generated, JobError};
 
 /// A provider call gets at least this long, or the job is handed back unstarted.
 pub const MIN_CALL_TIME: Duration = Duration::from_secs(10);
@@ -177,22 +177,22 @@ impl<S: ObjectStore, E: MessageQueue> Generator<S, E> {
         if let Some(existing) = generate::existing_image(&self.store, job).await? {
             return Ok(Some(existing));
         }
-        let mut generated = None;
-        let lease = format!("leases/{}/", job.key);
         // A holder that crashed mid-call is taken over once its call must have ended.
-        let ttl = timeout + FINISH_TIME;
-        let once = once(&self.store, &lease, ttl, || async {
-            generated = Some(generate_image(job, model, &self.store, provider, self.signer.as_deref(), timeout).await?);
-            Ok::<(), JobError>(())
-        })
-        .await?;
-        match (once, generated) {
-            (_, Some(generated)) => Ok(Some(generated)),
-            (Once::Done, None) => generate_image(job, model, &self.store, provider, self.signer.as_deref(), timeout)
-                .await
-                .map(Some),
-            _ => Ok(None),
+        let prefix = format!("leases/{}/", job.key);
+        let Some(lease) = acquire(&self.store, &prefix, timeout + FINISH_TIME).await? else {
+            return Ok(None);
+        };
+        if lease.taken_over
+            && let Some(existing) = generate::existing_image(&self.store, job).await?
+        {
+            return Ok(Some(existing));
         }
+        let generated =
+            generate::generate_new(job, model, &self.store, provider, self.signer.as_deref(), timeout).await;
+        if generated.is_err() {
+            release(&self.store, &lease).await;
+        }
+        generated.map(Some)
     }
 
     async fn model_and_provider(

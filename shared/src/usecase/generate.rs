@@ -77,6 +77,19 @@ pub async fn generate_image<S: ObjectStore>(
     if let Some(existing) = existing_image(store, job).await? {
         return Ok(existing);
     }
+    generate_new(job, model, store, provider, signer, timeout).await
+}
+
+/// Calls the provider for `job`'s image, checks it is one, and writes it create-if-absent; the
+/// caller has made sure it does not exist yet.
+pub async fn generate_new<S: ObjectStore>(
+    job: &Job,
+    model: &ModelInfo,
+    store: &S,
+    provider: &dyn ImageProvider,
+    signer: Option<&dyn ReferenceSigner>,
+    timeout: Duration,
+) -> Result<Generated, JobError> {
     let request = ImageRequest {
         provider_model: model.provider_model.clone(),
         quality: model.quality.clone(),

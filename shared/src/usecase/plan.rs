@@ -4,6 +4,7 @@ use std::io::Read;
 
 use serde::Serialize;
 
+use crate::aws_cost::{AwsCost, AwsUsage, aws_cost};
 use crate::catalog::{COST_TABLE_SIZES, Catalog, CostLine, UnknownModel};
 use crate::rows::{CsvError, InvalidRow, RowOutcome, RowReader};
 use crate::template::{ImageSize, Template};
@@ -31,6 +32,10 @@ pub struct Plan {
     pub cost_for_this_run: Vec<CostLine>,
     /// The chosen model's cost at 100 / 1,000 / 10,000 / 100,000 images.
     pub cost_at_scale: Vec<(u64, f64)>,
+    /// What AWS itself charges on the serverless path, for this run and at 1,000 / 100,000 images.
+    pub aws_cost: Vec<AwsCost>,
+    /// The assumptions behind `aws_cost`.
+    pub aws_usage: AwsUsage,
 }
 
 /// Why a plan could not be made.
@@ -88,5 +93,10 @@ pub fn plan_csv<R: Read>(
             .iter()
             .map(|&n| (n, info.price_per_image * n as f64))
             .collect(),
+        aws_cost: [valid, 1_000, 100_000]
+            .iter()
+            .map(|&n| aws_cost(n, &AwsUsage::default(), &catalog.aws))
+            .collect(),
+        aws_usage: AwsUsage::default(),
     })
 }
