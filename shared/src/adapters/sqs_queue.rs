@@ -36,10 +36,6 @@ impl SqsQueue {
         }
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     fn error(&self, error: &(dyn std::error::Error + 'static), retryable: bool) -> QueueError {
         QueueError {
             queue: self.url.clone(),
