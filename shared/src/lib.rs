@@ -1,7 +1,9 @@
 //! imagepipe: CSV rows in, AI-generated images out.
 //!
-//! The domain (templates, rows, keys, jobs, reports), the use cases (plan, generate, run) written
-//! against small ports (object store, image provider), and the adapters that implement the ports.
+//! The domain (templates, rows, keys, jobs, events, reports), the use cases (plan, generate, split,
+//! deliver, finish) written against small ports (object store, message queue, image provider, CMS,
+//! notifier), and the adapters that implement the ports. The CLI and the three Lambda functions are
+//! drivers of the same use cases.
 
 pub mod adapters;
 pub mod aws_cost;
