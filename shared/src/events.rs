@@ -90,6 +90,38 @@ impl Outcome {
     }
 }
 
+/// Reads and parses a JSON object of the run, `None` when absent.
+pub async fn get_json<T: serde::de::DeserializeOwned, S: crate::store::ObjectStore>(
+    store: &S,
+    key: &str,
+) -> Result<Option<T>, crate::store::StoreError> {
+    match store.get(key).await? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| crate::store::StoreError::Failed(format!("{key} is not what this version wrote: {e}"))),
+    }
+}
+
+/// A JSON object to store.
+pub fn json_object<T: serde::Serialize>(value: &T) -> crate::store::NewObject {
+    crate::store::NewObject {
+        body: serde_json::to_vec_pretty(value)
+            .expect("run records always serialise")
+            .into(),
+        content_type: "application/json".into(),
+        cache_control: None,
+        metadata: Vec::new(),
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Keys of a run's objects in the bucket.
 pub mod keys {
     pub fn manifest(run_id: &str) -> String {

@@ -18,14 +18,28 @@ impl AwsClients {
         let custom_endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
             .iter()
             .any(|v| std::env::var_os(v).is_some());
-        let s3 = aws_sdk_s3::config::Builder::from(&config)
-            .force_path_style(custom_endpoint)
+        Self::new(&config, custom_endpoint)
+    }
+
+    /// Clients from an SDK configuration; `path_style` addresses S3 buckets by path (emulators).
+    pub fn new(config: &aws_config::SdkConfig, path_style: bool) -> Self {
+        let s3 = aws_sdk_s3::config::Builder::from(config)
+            .force_path_style(path_style)
             .build();
         Self {
             s3: aws_sdk_s3::Client::from_conf(s3),
-            sqs: aws_sdk_sqs::Client::new(&config),
-            ssm: aws_sdk_ssm::Client::new(&config),
+            sqs: aws_sdk_sqs::Client::new(config),
+            ssm: aws_sdk_ssm::Client::new(config),
         }
+    }
+
+    /// The function's start-up: JSON logs, the clients, secrets named by `<NAME>_PARAM` read
+    /// once, and the configuration (an error names the variable at fault).
+    pub async fn init() -> Result<(Self, crate::config::Config), Box<dyn std::error::Error + Send + Sync>> {
+        init_tracing();
+        let clients = Self::from_env().await;
+        crate::adapters::ssm_secrets::load_secrets(&clients.ssm).await?;
+        Ok((clients, crate::config::Config::from_env()?))
     }
 }
 
@@ -44,5 +58,5 @@ pub fn init_tracing() {
 
 /// Time left before a Lambda deadline given in Unix milliseconds.
 pub fn time_left(deadline_ms: u64) -> std::time::Duration {
-    std::time::Duration::from_millis(deadline_ms.saturating_sub(crate::usecase::split::now_ms()))
+    std::time::Duration::from_millis(deadline_ms.saturating_sub(crate::events::now_ms()))
 }

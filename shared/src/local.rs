@@ -283,22 +283,11 @@ impl Worker<'_> {
             .await
             {
                 Ok(generated) => {
-                    return Ok(ImageEntry {
-                        row: job.row,
-                        key: job.key.to_string(),
-                        object_key: generated.object_key.clone(),
-                        path: self
-                            .store
-                            .path_of(&generated.object_key)
-                            .map_or(generated.object_key.clone(), |p| p.display().to_string()),
-                        content_type: generated.content_type,
-                        bytes: generated.bytes,
-                        width: generated.width,
-                        height: generated.height,
-                        reused: generated.reused,
-                        cost_usd: generated.cost_usd,
-                        credits_used: generated.credits_used,
-                    });
+                    let path = self
+                        .store
+                        .path_of(&generated.object_key)
+                        .map_or(generated.object_key.clone(), |p| p.display().to_string());
+                    return Ok(generated.into_entry(&job, path));
                 }
                 Err(error) if error.is_retryable() && self.run.retry.allows_another(attempt) => {
                     let wait = self.run.retry.delay(attempt, error.retry_after());

@@ -225,7 +225,7 @@ impl Stack {
 
 fn context() -> Context {
     let mut context = Context::default();
-    context.deadline = imagepipe::usecase::split::now_ms() + 120_000;
+    context.deadline = imagepipe::events::now_ms() + 120_000;
     context
 }
 

@@ -12,10 +12,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::events::{Outcome, RunManifest, SplitSummary, keys};
+use crate::events::{Outcome, RunManifest, SplitSummary, get_json, json_object, keys, now_ms};
 use crate::report::{ReportBuilder, RunReport};
 use crate::store::{ObjectStore, PutOutcome, StoreError};
-use crate::usecase::split::{get_json, json_object, now_ms};
 
 /// Whether an action guarded by [`once`] ran now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use crate::events::PipelineEvent;
 use crate::job::Job;
 use crate::provider::{self, ImageProvider, ReferenceSigner};
 use crate::queue::MessageQueue;
-use crate::report::{FailureEntry, ImageEntry};
+use crate::report::FailureEntry;
 use crate::retry::RetryPolicy;
 use crate::store::ObjectStore;
 use crate::usecase::complete::{acquire, release};
@@ -121,18 +121,9 @@ impl<S: ObjectStore, E: MessageQueue> Generator<S, E> {
         let event = match result {
             Ok(generated) => PipelineEvent::JobSucceeded {
                 run_id: job.run_id.clone(),
-                image: ImageEntry {
-                    row: job.row,
-                    key: job.key.to_string(),
-                    path: (self.location)(&generated.object_key),
-                    object_key: generated.object_key,
-                    content_type: generated.content_type,
-                    bytes: generated.bytes,
-                    width: generated.width,
-                    height: generated.height,
-                    reused: generated.reused,
-                    cost_usd: generated.cost_usd,
-                    credits_used: generated.credits_used,
+                image: {
+                    let path = (self.location)(&generated.object_key);
+                    generated.into_entry(job, path)
                 },
             },
             Err(error) if error.is_retryable() && receive_count < self.max_receive_count => {

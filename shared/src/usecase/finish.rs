@@ -3,14 +3,13 @@
 
 use std::time::Duration;
 
-use crate::events::{FinalizerInput, Outcome, PipelineEvent, RunManifest, SplitSummary, keys};
+use crate::events::{FinalizerInput, Outcome, PipelineEvent, RunManifest, SplitSummary, get_json, json_object, keys};
 use crate::publish::{Cms, Notifier, PublishError};
 use crate::report::FailureEntry;
 use crate::retry::RetryPolicy;
 use crate::store::{ObjectStore, StoreError};
 use crate::usecase::complete::{Once, complete_run, once, record_outcome, recorded_outcome, write_tally};
 use crate::usecase::finalize::{completion_message, notify, sku_of, start_message};
-use crate::usecase::split::{get_json, json_object};
 
 /// What one message contributed.
 #[derive(Debug, Clone, PartialEq)]

@@ -8,6 +8,7 @@ use crate::catalog::ModelInfo;
 use crate::image_format::{self, NotAnImage};
 use crate::job::Job;
 use crate::provider::{ImageProvider, ImageRequest, ProviderError, ReferenceSigner, sign_references};
+use crate::report::ImageEntry;
 use crate::store::{IMAGE_CACHE_CONTROL, NewObject, ObjectStore, StoreError, image_key};
 
 /// A job's image is in the store.
@@ -25,6 +26,25 @@ pub struct Generated {
     pub cost_usd: f64,
     /// Credits the provider reported (AnyCap), next to the catalog price.
     pub credits_used: Option<f64>,
+}
+
+impl Generated {
+    /// The report entry of `job`'s image, found at `path` (a file path or an `s3://` URI).
+    pub fn into_entry(self, job: &Job, path: String) -> ImageEntry {
+        ImageEntry {
+            row: job.row,
+            key: job.key.to_string(),
+            object_key: self.object_key,
+            path,
+            content_type: self.content_type,
+            bytes: self.bytes,
+            width: self.width,
+            height: self.height,
+            reused: self.reused,
+            cost_usd: self.cost_usd,
+            credits_used: self.credits_used,
+        }
+    }
 }
 
 /// Why a job did not produce an image.

@@ -8,11 +8,11 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::catalog::Catalog;
-use crate::events::{PipelineEvent, RunManifest, SplitSummary, keys};
+use crate::events::{PipelineEvent, RunManifest, SplitSummary, get_json, json_object, keys, now_ms};
 use crate::job::{Job, run_id};
 use crate::queue::{MessageQueue, QueueError};
 use crate::rows::{CsvError, RowOutcome, RowReader};
-use crate::store::{NewObject, ObjectStore, StoreError};
+use crate::store::{ObjectStore, StoreError};
 use crate::template::Template;
 use crate::usecase::plan::{Plan, plan_csv};
 
@@ -269,36 +269,4 @@ fn rejected(run_id: &str, reason: String) -> SplitSummary {
         estimated_cost_usd: 0.0,
         rejected: Some(reason),
     }
-}
-
-/// Reads and parses a JSON object of the run, `None` when absent.
-pub async fn get_json<T: serde::de::DeserializeOwned, S: ObjectStore>(
-    store: &S,
-    key: &str,
-) -> Result<Option<T>, StoreError> {
-    match store.get(key).await? {
-        None => Ok(None),
-        Some(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StoreError::Failed(format!("{key} is not what this version wrote: {e}"))),
-    }
-}
-
-/// A JSON object to store.
-pub fn json_object<T: serde::Serialize>(value: &T) -> NewObject {
-    NewObject {
-        body: serde_json::to_vec_pretty(value)
-            .expect("run records always serialise")
-            .into(),
-        content_type: "application/json".into(),
-        cache_control: None,
-        metadata: Vec::new(),
-    }
-}
-
-/// Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

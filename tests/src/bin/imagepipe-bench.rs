@@ -171,14 +171,7 @@ fn emulator() -> Result<AwsClients, Error> {
             aws_sdk_s3::config::Credentials::new("test", "test", None, None, "emulator"),
         ))
         .build();
-    let s3 = aws_sdk_s3::config::Builder::from(&config)
-        .force_path_style(true)
-        .build();
-    Ok(AwsClients {
-        s3: aws_sdk_s3::Client::from_conf(s3),
-        sqs: aws_sdk_sqs::Client::new(&config),
-        ssm: aws_sdk_ssm::Client::new(&config),
-    })
+    Ok(AwsClients::new(&config, true))
 }
 
 async fn fresh(clients: &AwsClients, name: &str) -> Result<(String, String), Error> {
@@ -269,7 +262,7 @@ async fn poll(
             continue;
         }
         let mut context = lambda_runtime::Context::default();
-        context.deadline = imagepipe::usecase::split::now_ms() + 300_000;
+        context.deadline = imagepipe::events::now_ms() + 300_000;
         let Ok(response) =
             generator::handler::handle(deps, lambda_runtime::LambdaEvent::new(event.clone(), context)).await
         else {

@@ -51,14 +51,7 @@ pub fn clients() -> AwsClients {
             "test", "test", None, None, "emulator",
         )))
         .build();
-    let s3 = aws_sdk_s3::config::Builder::from(&config)
-        .force_path_style(true)
-        .build();
-    AwsClients {
-        s3: aws_sdk_s3::Client::from_conf(s3),
-        sqs: aws_sdk_sqs::Client::new(&config),
-        ssm: aws_sdk_ssm::Client::new(&config),
-    }
+    AwsClients::new(&config, true)
 }
 
 /// A name no other test uses.
