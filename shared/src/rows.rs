@@ -169,6 +169,18 @@ impl<R: Read> RowReader<R> {
     pub fn rows_read(&self) -> u64 {
         self.row
     }
+
+    /// Byte offset, in the input, of the next record (just past the header before any row is read).
+    pub fn next_offset(&self) -> u64 {
+        self.reader.position().byte()
+    }
+
+    /// Continues the row count of an earlier reader that had read `rows_read` rows: for an input
+    /// that is the header followed by the rest of the file from that reader's offset.
+    pub fn resume(mut self, rows_read: u64) -> Self {
+        self.row = rows_read;
+        self
+    }
 }
 
 fn parse_references(column: &str, value: &str) -> Result<Vec<String>, String> {
@@ -245,6 +257,25 @@ mod tests {
             RowOutcome::Invalid(row) => &row.reason,
             RowOutcome::Valid(row) => panic!("row {} should be invalid", row.row),
         }
+    }
+
+    #[test]
+    fn a_reader_resumed_at_an_offset_reads_the_same_rows_with_the_same_numbers() {
+        let csv = b"sku,name,color\r\na,x,red\r\nb,\"multi\nline\",green\r\nc,z,blue\r\n";
+        let set = TemplateSet::from_toml(TEMPLATES, "t.toml").unwrap();
+        let template = set.get("hero").unwrap();
+        let mut whole = RowReader::open(&csv[..], "f.csv", template).unwrap();
+        let header_end = whole.next_offset() as usize;
+        assert_eq!(&csv[..header_end], b"sku,name,color\r\n");
+        whole.next_row().unwrap().unwrap();
+        let offset = whole.next_offset() as usize;
+        let rest: Vec<RowOutcome> = std::iter::from_fn(|| whole.next_row()).map(Result::unwrap).collect();
+        let resumed_input = csv[..header_end].chain(&csv[offset..]);
+        let mut resumed = RowReader::open(resumed_input, "f.csv", template).unwrap().resume(1);
+        let again: Vec<RowOutcome> = std::iter::from_fn(|| resumed.next_row()).map(Result::unwrap).collect();
+        assert_eq!(again, rest);
+        assert_eq!(valid(&again[0]).row, 2);
+        assert_eq!(resumed.next_offset() as usize - header_end + offset, csv.len());
     }
 
     #[test]

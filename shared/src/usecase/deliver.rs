@@ -16,8 +16,8 @@ use crate::queue::MessageQueue;
 use crate::report::FailureEntry;
 use crate::retry::RetryPolicy;
 use crate::store::ObjectStore;
-use crate::usecase::complete::{acquire, release};
 use crate::usecase::generate::{self, Generated, JobError};
+use crate::usecase::lease::{acquire, release};
 
 /// A provider call gets at least this long, or the job is handed back unstarted.
 pub const MIN_CALL_TIME: Duration = Duration::from_secs(10);

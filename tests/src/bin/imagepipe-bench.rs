@@ -307,7 +307,7 @@ async fn split(rows: u64) -> Result<(), Error> {
     let (_, events) = fresh(&clients, "split-events").await?;
     let concurrency = 8;
     let body = csv(rows);
-    clients
+    let put = clients
         .s3
         .put_object()
         .bucket(&bucket)
@@ -316,22 +316,28 @@ async fn split(rows: u64) -> Result<(), Error> {
         .send()
         .await?;
     let store = S3ObjectStore::new(clients.s3.clone(), &bucket);
+    // The ledger in memory: this measures the fan-out to SQS, which is the splitter's bulk of work.
     let splitter = Splitter {
-        store: store.clone(),
         jobs: SqsQueue::new(clients.sqs.clone(), &jobs),
         events: SqsQueue::new(clients.sqs.clone(), &events),
+        continuations: SqsQueue::new(clients.sqs.clone(), &events),
+        ledger: imagepipe::adapters::memory_ledger::MemoryLedger::new(),
         catalog: Catalog::builtin(),
         settings: SplitSettings {
             provider: None,
             max_run_cost_usd: None,
             max_rows: rows,
             send_concurrency: concurrency,
+            reserve: Duration::from_secs(30),
+            rows_per_invocation: u64::MAX,
         },
     };
     let template = TemplateSet::builtin().get("product")?.clone();
-    let source = S3Csv::new(store, "incoming/product/bench.csv", "bench");
+    let etag = put.e_tag().unwrap_or_default().trim_matches('"').to_owned();
+    let source = S3Csv::new(store, "incoming/product/bench.csv", &etag);
     let started = Instant::now();
-    let outcome = splitter.split(&source, Ok(&template), None).await?;
+    let deadline = imagepipe::events::now_ms() + 900_000;
+    let outcome = splitter.split(&source, Ok(&template), None, deadline).await?;
     let split_wall = started.elapsed().as_secs_f64();
     assert_eq!(outcome.sent, rows);
     let rss = peak_rss_kib();
