@@ -237,7 +237,7 @@ async fn continue_runs(deps: &Deps, batch: SqsEvent, deadline: u64) -> SqsBatchR
             tracing::error!(message_id = %id, body = %body.chars().take(500).collect::<String>(), "not a continuation; dropped");
             continue;
         };
-        if let Err(e) = continue_run(deps, &continuation.continue_run, deadline).await {
+        if let Err(e) = continue_run(deps, &continuation, deadline).await {
             tracing::warn!(run_id = %continuation.continue_run, error = %e, "split not continued; trying again later");
             response.add_failure(id);
         }
@@ -245,7 +245,8 @@ async fn continue_runs(deps: &Deps, batch: SqsEvent, deadline: u64) -> SqsBatchR
     response
 }
 
-async fn continue_run(deps: &Deps, run_id: &str, deadline: u64) -> Result<(), Error> {
+async fn continue_run(deps: &Deps, continuation: &Continuation, deadline: u64) -> Result<(), Error> {
+    let run_id = continuation.continue_run.as_str();
     let Some(run) = deps.splitter.ledger.run(run_id).await? else {
         return Err(format!("run {run_id} is not in the ledger").into());
     };
@@ -256,7 +257,10 @@ async fn continue_run(deps: &Deps, run_id: &str, deadline: u64) -> Result<(), Er
         .ok_or_else(|| format!("run {run_id} has source {:?}, not an s3:// URI", run.source))?;
     let source = S3Csv::new(S3ObjectStore::new(deps.clients.s3.clone(), bucket), key, &run.etag);
     let template = deps.template(Some(&run.template));
-    let split = deps.splitter.resume(run_id, &source, template, deadline).await?;
+    let split = deps
+        .splitter
+        .resume(run_id, Some(continuation.rows_read), &source, template, deadline)
+        .await?;
     tracing::info!(
         run_id,
         sent = split.sent,

@@ -4,6 +4,10 @@
 pub mod dynamodb_ledger;
 pub mod fs_store;
 pub mod memory_ledger;
+#[cfg(any(test, feature = "test-util"))]
+pub mod memory_publish;
+#[cfg(any(test, feature = "test-util"))]
+pub mod memory_queue;
 pub mod s3_store;
 pub mod sqs_queue;
 pub mod ssm_secrets;

@@ -367,3 +367,7 @@ async fn within<T>(deadline_ms: u64, action: impl Future<Output = T>) -> Result<
         )
     })
 }
+
+#[cfg(test)]
+#[path = "record_tests.rs"]
+mod tests;

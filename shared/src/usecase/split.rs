@@ -39,10 +39,13 @@ pub trait CsvSource: Send + Sync {
     ) -> impl Future<Output = Result<Box<dyn Read + Send>, StoreError>> + Send;
 }
 
-/// A continuation: the run whose split goes on in a fresh invocation.
+/// A continuation: the run whose split goes on in a fresh invocation, from where.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Continuation {
     pub continue_run: String,
+    /// The checkpoint it continues from (rows read); a continuation that finds the checkpoint
+    /// elsewhere is a duplicate and does nothing.
+    pub rows_read: u64,
 }
 
 /// How the splitter runs.
@@ -142,29 +145,37 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
                 continued: false,
             });
         }
-        self.resume(&run_id, source, template, deadline_ms).await
+        self.resume(&run_id, None, source, template, deadline_ms).await
     }
 
-    /// Sends the next segment of `run_id`'s jobs (a continuation, or the first invocation).
+    /// Sends the next segment of `run_id`'s jobs: from the checkpoint at `rows_read` (a
+    /// continuation; `None` for the first invocation or its retry).
     pub async fn resume<C: CsvSource>(
         &self,
         run_id: &str,
+        rows_read: Option<u64>,
         source: &C,
         template: Result<&Template, String>,
         deadline_ms: u64,
     ) -> Result<Split, SplitError> {
         let until = deadline_ms + CLAIM_MARGIN.as_millis() as u64;
+        let nothing = || Split {
+            run_id: run_id.to_owned(),
+            sent: 0,
+            totals: None,
+            duplicate: true,
+            continued: false,
+        };
         let Some(run) = self.ledger.claim(run_id, Action::Split, now_ms(), until).await? else {
             tracing::info!(%run_id, "the run's split is held by another invocation or finished");
-            return Ok(Split {
-                run_id: run_id.to_owned(),
-                sent: 0,
-                totals: None,
-                duplicate: true,
-                continued: false,
-            });
+            return Ok(nothing());
         };
-        let result = self.segment(&run, source, template, deadline_ms).await;
+        let result = if rows_read.is_some_and(|r| r != run.checkpoint.rows_read) {
+            tracing::info!(%run_id, "a continuation from another checkpoint; nothing to do");
+            Ok(nothing())
+        } else {
+            self.segment(&run, source, template, deadline_ms).await
+        };
         if let Err(e) = self.ledger.release(run_id, Action::Split).await {
             tracing::warn!(error = %e, "split claim not given back; it expires by itself");
         }
@@ -206,6 +217,7 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
         } else {
             let body = serde_json::to_string(&Continuation {
                 continue_run: run_id.to_owned(),
+                rows_read: to.rows_read,
             })
             .unwrap_or_default();
             self.continuations.send_batch(vec![body]).await?;
@@ -420,3 +432,7 @@ fn rejected(reason: String) -> SplitTotals {
         ..SplitTotals::default()
     }
 }
+
+#[cfg(test)]
+#[path = "split_tests.rs"]
+mod tests;
