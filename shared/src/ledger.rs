@@ -101,6 +101,9 @@ pub struct RunRecord {
     pub started_announced: bool,
     /// Unix milliseconds when the run completed.
     pub completed_at_ms: Option<u64>,
+    /// Why the run stopped calling the provider (credentials refused, spend cap reached, cancelled):
+    /// its remaining rows fail as "not attempted" without a provider call.
+    pub stopped: Option<String>,
 }
 
 impl RunRecord {
@@ -134,6 +137,7 @@ impl RunRecord {
             updated_at_ms: now_ms,
             started_announced: false,
             completed_at_ms: None,
+            stopped: None,
         }
     }
 
@@ -295,6 +299,19 @@ pub trait RunLedger: Send + Sync {
         run_id: &str,
         after: Option<u64>,
     ) -> impl Future<Output = Result<Page<InvalidRow>, LedgerError>> + Send;
+
+    /// Stops the run from calling the provider, for `reason`; the first reason wins. Returns whether
+    /// this call stopped it.
+    fn stop(&self, run_id: &str, reason: &str) -> impl Future<Output = Result<bool, LedgerError>> + Send;
+
+    /// Stops the run for `reason` if its recorded spend has reached `cap_usd`; returns whether this
+    /// call stopped it.
+    fn stop_over_budget(
+        &self,
+        run_id: &str,
+        cap_usd: f64,
+        reason: &str,
+    ) -> impl Future<Output = Result<bool, LedgerError>> + Send;
 
     /// Runs not yet complete, oldest first (for the reconciler; a short list).
     fn open_runs(&self) -> impl Future<Output = Result<Vec<String>, LedgerError>> + Send;

@@ -96,6 +96,9 @@ pub struct RunReport {
     /// Where the line of every row is (`results.csv`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub results: Option<String>,
+    /// Why the run stopped calling the provider part-way (credentials refused, spend cap, cancelled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
     /// Why nothing was generated (over budget, unreadable CSV, unknown template); `None` for a run that went ahead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<String>,
@@ -192,6 +195,7 @@ impl ReportBuilder {
                 cms_failed: 0,
                 cms_failures: Vec::new(),
                 results: None,
+                stopped: None,
                 rejected: None,
             },
             counts: Counts::default(),

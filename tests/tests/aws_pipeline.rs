@@ -99,6 +99,7 @@ impl Stack {
                     cap: Duration::from_millis(10),
                 },
                 silence: config.reconcile_silence,
+                max_run_cost_usd: config.max_run_cost_usd,
             },
         };
         Self {
@@ -641,4 +642,55 @@ async fn the_sample_finalizer_batch_records_each_outcome_once_and_completes_its_
     assert_eq!(stack.cms_patches().await, vec!["/api/products/SKU-1001"]);
     let texts = stack.slack_texts().await;
     assert_eq!(texts.iter().filter(|t| t.contains("finished")).count(), 1, "{texts:?}");
+}
+
+#[tokio::test]
+async fn refused_credentials_halt_the_run_across_generators_and_the_rest_is_not_attempted() {
+    let unauthorized = ProviderError::Unauthorized {
+        message: "HTTP 401: API key not valid".into(),
+    };
+    let stack = Stack::new(
+        ScriptedProvider::default().on("Product", Script::Always(unauthorized)),
+        &[],
+    )
+    .await;
+    cms_accepts(&stack.cms).await;
+    slack_accepts(&stack.slack).await;
+    let mut csv = String::from("sku,name,color\n");
+    for n in 1..=120 {
+        csv.push_str(&format!("SKU-{n},Product {n},red\n"));
+    }
+    let event = stack.upload("incoming/product/many.csv", &csv).await;
+    let split = stack.split(event).await;
+    assert_eq!(split[0].jobs_sent, 120);
+    stack.drain(3).await;
+
+    let report = stack.report(&split[0].run_id).await;
+    assert_eq!((report.rows, report.succeeded, report.failed), (120, 0, 120));
+    let calls = stack.provider.total_calls();
+    assert!(
+        calls <= 30,
+        "the provider was called {calls} times after the first refusal"
+    );
+    assert!(
+        report
+            .stopped
+            .as_deref()
+            .unwrap_or_default()
+            .contains("refused the credentials"),
+        "{report:?}"
+    );
+    let not_attempted = report
+        .failure_reasons
+        .iter()
+        .find(|r| r.reason.starts_with("not attempted"))
+        .unwrap();
+    assert_eq!(not_attempted.rows, 120 - u64::from(calls));
+    let texts = stack.slack_texts().await;
+    let finished: Vec<&String> = texts.iter().filter(|t| t.contains("finished")).collect();
+    assert_eq!(finished.len(), 1, "{texts:?}");
+    assert!(
+        finished[0].contains("Stopped: provider refused the credentials"),
+        "{finished:?}"
+    );
 }

@@ -51,6 +51,7 @@ impl Deps {
                     cap: Duration::from_secs(5),
                 },
                 silence: config.reconcile_silence,
+                max_run_cost_usd: config.max_run_cost_usd,
             },
         })
     }

@@ -341,6 +341,7 @@ fn parse_record(item: &Item) -> Result<RunRecord, LedgerError> {
         cms_failed: get_n(item, "cms_failed"),
         updated_at_ms: get_n(item, "updated_at"),
         started_announced: item.contains_key("start_done"),
+        stopped: item.get("stopped").and_then(|v| v.as_s().ok()).cloned(),
         completed_at_ms: item.contains_key("completed_at").then(|| get_n(item, "completed_at")),
     })
 }
@@ -690,6 +691,30 @@ impl RunLedger for DynamoLedger {
         let (bodies, next_after) = self.page(run_id, "inv", after).await?;
         let items = bodies.iter().map(|b| parse_body(b)).collect::<Result<_, _>>()?;
         Ok(Page { items, next_after })
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn stop(&self, run_id: &str, reason: &str) -> Result<bool, LedgerError> {
+        let values = HashMap::from([(":r".to_owned(), s(reason))]);
+        let stopped = self
+            .update_run(
+                run_id,
+                "SET #stopped = :r",
+                "attribute_exists(pk) AND attribute_not_exists(#stopped)",
+                values,
+            )
+            .await?;
+        Ok(stopped.is_some())
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn stop_over_budget(&self, run_id: &str, cap_usd: f64, reason: &str) -> Result<bool, LedgerError> {
+        let values = HashMap::from([(":r".to_owned(), s(reason)), (":cap".to_owned(), n(cap_usd))]);
+        let condition = "attribute_exists(pk) AND attribute_not_exists(#stopped) AND #spend >= :cap";
+        Ok(self
+            .update_run(run_id, "SET #stopped = :r", condition, values)
+            .await?
+            .is_some())
     }
 
     #[tracing::instrument(skip(self))]

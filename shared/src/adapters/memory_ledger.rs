@@ -209,6 +209,26 @@ impl RunLedger for MemoryLedger {
         self.with_run(run_id, |_, run| Ok(page(&run.invalid, after)))
     }
 
+    async fn stop(&self, run_id: &str, reason: &str) -> Result<bool, LedgerError> {
+        self.with_run(run_id, |record, _| {
+            if record.stopped.is_some() {
+                return Ok(false);
+            }
+            record.stopped = Some(reason.to_owned());
+            Ok(true)
+        })
+    }
+
+    async fn stop_over_budget(&self, run_id: &str, cap_usd: f64, reason: &str) -> Result<bool, LedgerError> {
+        self.with_run(run_id, |record, _| {
+            if record.stopped.is_some() || record.spend_usd < cap_usd {
+                return Ok(false);
+            }
+            record.stopped = Some(reason.to_owned());
+            Ok(true)
+        })
+    }
+
     async fn open_runs(&self) -> Result<Vec<String>, LedgerError> {
         let runs = self
             .runs
@@ -323,6 +343,14 @@ impl<L: RunLedger> RunLedger for FailingLedger<L> {
     async fn invalid_rows(&self, run_id: &str, after: Option<u64>) -> Result<Page<InvalidRow>, LedgerError> {
         self.check()?;
         self.inner.invalid_rows(run_id, after).await
+    }
+    async fn stop(&self, run_id: &str, reason: &str) -> Result<bool, LedgerError> {
+        self.check()?;
+        self.inner.stop(run_id, reason).await
+    }
+    async fn stop_over_budget(&self, run_id: &str, cap_usd: f64, reason: &str) -> Result<bool, LedgerError> {
+        self.check()?;
+        self.inner.stop_over_budget(run_id, cap_usd, reason).await
     }
     async fn open_runs(&self) -> Result<Vec<String>, LedgerError> {
         self.check()?;

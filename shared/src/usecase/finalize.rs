@@ -85,6 +85,9 @@ pub fn completion_message(report: &RunReport, report_location: &str) -> String {
     if let Some(reason) = &report.rejected {
         text.push_str(&format!(" Rejected, nothing generated: {reason}."));
     }
+    if let Some(reason) = &report.stopped {
+        text.push_str(&format!(" Stopped: {reason}; the rows after it were not attempted."));
+    }
     if report.cms_failed > 0 {
         text.push_str(&format!(" CMS updates failed for {} images.", report.cms_failed));
     }

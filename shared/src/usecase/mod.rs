@@ -8,3 +8,4 @@ pub mod plan;
 pub mod record;
 pub mod report;
 pub mod split;
+pub mod stops;

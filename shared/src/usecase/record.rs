@@ -64,6 +64,8 @@ pub struct Recorder<L, S, C, N> {
     pub notify_retry: RetryPolicy,
     /// A run that still awaits outcomes but has recorded none for this long has lost them.
     pub silence: Duration,
+    /// A run whose recorded spend reaches this stops calling the provider.
+    pub max_run_cost_usd: Option<f64>,
 }
 
 /// What one delivery contributes.
@@ -152,7 +154,15 @@ impl<L: RunLedger, S: ObjectStore, C: Cms, N: Notifier> Recorder<L, S, C, N> {
                 Step::Again => again.push(id),
             }
         }
-        self.ledger.record(run_id, &outcomes).await?;
+        let recorded = self.ledger.record(run_id, &outcomes).await?;
+        if let Some(cap) = self.max_run_cost_usd
+            && crate::ledger::Tally::of(&recorded).spend_usd > 0.0
+        {
+            let reason = format!("spend reached the run budget of ${cap:.2} (MAX_RUN_COST_USD)");
+            if self.ledger.stop_over_budget(run_id, cap, &reason).await? {
+                tracing::warn!(%run_id, %reason, "run stopped");
+            }
+        }
         if split {
             self.announce_start(run_id, deadline_ms).await?;
         }

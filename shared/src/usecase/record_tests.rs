@@ -76,6 +76,7 @@ async fn world(fail_at: usize, slack: Trouble) -> World {
             cap: Duration::ZERO,
         },
         silence: Duration::from_secs(3600),
+        max_run_cost_usd: None,
     };
     World {
         recorder,
@@ -343,5 +344,28 @@ async fn the_reconciler_fails_rows_nothing_was_heard_of_and_completes_the_run() 
         world.recorder.reconcile(deadline()).await.unwrap().runs,
         0,
         "a complete run is not open"
+    );
+}
+
+#[tokio::test]
+async fn a_run_whose_recorded_spend_reaches_its_budget_is_stopped_once() {
+    let mut world = world(0, Trouble::None).await;
+    world.recorder.max_run_cost_usd = Some(0.05);
+    let mut pending = batch();
+    pending.retain(|d| d.id == "r1");
+    world.recorder.handle_batch(pending, deadline()).await;
+    let run = world.recorder.ledger.inner.run(RUN).await.unwrap().unwrap();
+    assert_eq!(run.stopped, None, "$0.04 is under the $0.05 budget");
+    world.deliver_until_done(1).await;
+    let run = world.recorder.ledger.inner.run(RUN).await.unwrap().unwrap();
+    assert!(run.stopped.unwrap().contains("run budget of $0.05"));
+    let report = world.report().await;
+    assert!(report.stopped.is_some());
+    assert!(
+        world
+            .notifier
+            .texts()
+            .iter()
+            .any(|t| t.contains("Stopped: spend reached the run budget"))
     );
 }

@@ -374,6 +374,12 @@ impl RunLedger for SyntheticLedger {
             })
         }))
     }
+    async fn stop(&self, _: &str, _: &str) -> Result<bool, LedgerError> {
+        Ok(false)
+    }
+    async fn stop_over_budget(&self, _: &str, _: f64, _: &str) -> Result<bool, LedgerError> {
+        Ok(false)
+    }
     async fn open_runs(&self) -> Result<Vec<String>, LedgerError> {
         Ok(Vec::new())
     }
