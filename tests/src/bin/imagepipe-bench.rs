@@ -39,6 +39,9 @@ type Error = Box<dyn std::error::Error>;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        imagepipe::lambda::init_tracing();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let number =
         |i: usize| -> Result<u64, Error> { Ok(args.get(i).ok_or("missing argument (see the module docs)")?.parse()?) };

@@ -176,13 +176,17 @@ pub async fn run(latency_ms: u64, concurrency: usize, rows: u64) -> Result<(), E
     event["Records"][0]["s3"]["object"]["key"] = key.replace('/', "%2F").into();
     event["Records"][0]["s3"]["object"]["eTag"] = put.e_tag().unwrap_or_default().trim_matches('"').into();
     let started = Instant::now();
-    let split = splitter::handler::handle(&splitter, lambda_runtime::LambdaEvent::new(event, context()))
-        .await
-        .map_err(|e| e.to_string())?;
-    let run_id = split[0]["run_id"].as_str().unwrap_or_default().to_owned();
-    let split_requests = requests.load(Ordering::Relaxed);
-
-    let report_key = format!("runs/{run_id}/report.json");
+    // The split runs while generators and finalizers already consume, as the event source mappings do.
+    let run_id = std::sync::OnceLock::<String>::new();
+    let split_requests = AtomicU64::new(0);
+    let split = async {
+        let split = splitter::handler::handle(&splitter, lambda_runtime::LambdaEvent::new(event, context()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = run_id.set(split[0]["run_id"].as_str().unwrap_or_default().to_owned());
+        split_requests.store(requests.load(Ordering::Relaxed), Ordering::Relaxed);
+        Ok::<(), String>(())
+    };
     let finalizer_busy = AtomicU64::new(0);
     let done = std::sync::atomic::AtomicBool::new(false);
     let generators = (0..concurrency.div_ceil(10)).map(|_| async {
@@ -226,18 +230,18 @@ pub async fn run(latency_ms: u64, concurrency: usize, rows: u64) -> Result<(), E
             finalizer_busy.fetch_add(busy.elapsed().as_millis() as u64, Ordering::Relaxed);
         }
     });
+    let report_seen_ms = AtomicU64::new(0);
     let watcher = async {
-        while direct
-            .s3
-            .head_object()
-            .bucket(&bucket)
-            .key(&report_key)
-            .send()
-            .await
-            .is_err()
-        {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        loop {
+            if let Some(run_id) = run_id.get() {
+                let key = format!("runs/{run_id}/report.json");
+                if direct.s3.head_object().bucket(&bucket).key(key).send().await.is_ok() {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        report_seen_ms.store(now_ms(), Ordering::Relaxed);
         done.store(true, Ordering::Relaxed);
     };
     let continuations = async {
@@ -255,12 +259,16 @@ pub async fn run(latency_ms: u64, concurrency: usize, rows: u64) -> Result<(), E
             }
         }
     };
-    tokio::join!(
+    let (split, ..) = tokio::join!(
+        split,
         futures::future::join_all(generators),
         futures::future::join_all(finalizers),
         watcher,
         continuations
     );
+    split?;
+    let run_id = run_id.get().cloned().unwrap_or_default();
+    let split_requests = split_requests.load(Ordering::Relaxed);
     let wall = started.elapsed().as_secs_f64();
     let total = requests.load(Ordering::Relaxed);
     let ledger = imagepipe::lambda::ledger(
@@ -268,7 +276,8 @@ pub async fn run(latency_ms: u64, concurrency: usize, rows: u64) -> Result<(), E
         &imagepipe::config::Config::from_lookup(|n| vars.get(n).cloned())?,
     );
     let run = ledger.run(&run_id).await?.ok_or("no run record")?;
-    let last_outcome_to_report_s = (now_ms().saturating_sub(run.updated_at_ms)) as f64 / 1000.0;
+    let last_outcome_to_report_s =
+        (report_seen_ms.load(Ordering::Relaxed).saturating_sub(run.updated_at_ms)) as f64 / 1000.0;
     assert_eq!(run.succeeded, rows, "every image made");
     println!(
         "{}",
