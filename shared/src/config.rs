@@ -18,7 +18,7 @@ pub const SECRET_VARIABLES: [&str; 5] = [
 ];
 
 /// Every variable [`Config::from_env`] reads (besides the secrets and their `_PARAM` forms).
-pub const VARIABLES: [&str; 20] = [
+pub const VARIABLES: [&str; 22] = [
     "IMAGEPIPE_BUCKET",
     "JOBS_QUEUE_URL",
     "EVENTS_QUEUE_URL",
@@ -40,6 +40,9 @@ pub const VARIABLES: [&str; 20] = [
     "IMAGEPIPE_GEMINI_BASE_URL",
     "IMAGEPIPE_OPENAI_BASE_URL",
     "IMAGEPIPE_ARK_BASE_URL",
+    // Internal hosts/CIDRs data URLs may reach, and buckets `s3://` references may name (see README).
+    "IMAGEPIPE_ALLOW_HOSTS",
+    "IMAGEPIPE_REFERENCE_BUCKETS",
 ];
 
 static SECRETS: OnceLock<HashMap<String, String>> = OnceLock::new();
@@ -105,6 +108,8 @@ pub struct Config {
     pub public_base_url: Option<String>,
     /// A completion claim older than this is taken over (its holder crashed).
     pub claim_ttl: Duration,
+    /// Internal hosts and networks reference and download URLs may reach (`IMAGEPIPE_ALLOW_HOSTS`).
+    pub allow_hosts: crate::net::AllowList,
 }
 
 impl Config {
@@ -138,6 +143,13 @@ impl Config {
             cms_max_attempts: parse(&var, "CMS_MAX_ATTEMPTS", "a whole number")?.unwrap_or(5),
             public_base_url: var("IMAGEPIPE_PUBLIC_BASE_URL"),
             claim_ttl: Duration::from_secs(parse(&var, "COMPLETION_CLAIM_TTL_SECS", "whole seconds")?.unwrap_or(900)),
+            allow_hosts: crate::net::AllowList::parse(&var("IMAGEPIPE_ALLOW_HOSTS").unwrap_or_default()).map_err(
+                |_| ConfigError::Invalid {
+                    name: "IMAGEPIPE_ALLOW_HOSTS",
+                    value: var("IMAGEPIPE_ALLOW_HOSTS").unwrap_or_default(),
+                    expected: "host names and CIDRs, comma-separated (images.internal,10.1.0.0/16)",
+                },
+            )?,
         })
     }
 

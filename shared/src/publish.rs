@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::redact::redact;
+
 /// A CMS or notifier call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -97,7 +99,7 @@ impl Cms for HttpCms {
             .body(fill(&self.body, sku, image_url))
             .send()
             .await;
-        check(response, "CMS").await
+        check(response, "CMS", &[&self.token]).await
     }
 }
 
@@ -130,20 +132,26 @@ impl Notifier for SlackWebhook {
             "text": text,
             "blocks": [{ "type": "section", "text": { "type": "mrkdwn", "text": text } }],
         });
-        check(self.client.post(&self.url).json(&body).send().await, "Slack").await
+        let response = self.client.post(&self.url).json(&body).send().await;
+        check(response, "Slack", &[&self.url]).await
     }
 }
 
-/// One HTTP client for every adapter, with connect and request timeouts.
+/// One HTTP client for every credentialed adapter (provider, CMS, Slack), with connect and request
+/// timeouts; it follows no redirect to another origin and sends no `Referer`.
 pub fn http_client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(timeout)
-        .build()
-        .unwrap_or_default()
+    crate::net::credential_client(timeout)
 }
 
-async fn check(response: Result<reqwest::Response, reqwest::Error>, service: &str) -> Result<(), PublishError> {
+/// Error bodies are read only this far; the message quotes less.
+const MAX_ERROR_BODY_BYTES: usize = 4096;
+
+/// The outcome of a call; `secrets` (and the environment's) are redacted from a quoted error body.
+async fn check(
+    response: Result<reqwest::Response, reqwest::Error>,
+    service: &str,
+    secrets: &[&str],
+) -> Result<(), PublishError> {
     let response = response.map_err(|e| PublishError {
         retryable: true,
         // without_url: the URL may carry a secret (a Slack webhook is one).
@@ -153,8 +161,8 @@ async fn check(response: Result<reqwest::Response, reqwest::Error>, service: &st
     if status.is_success() {
         return Ok(());
     }
-    let body = response.text().await.unwrap_or_default();
-    let snippet: String = body.chars().take(200).collect();
+    let body = crate::net::read_prefix(response, MAX_ERROR_BODY_BYTES).await;
+    let snippet: String = redact(&body, secrets).chars().take(200).collect();
     Err(PublishError {
         retryable: status.as_u16() == 429 || status.is_server_error(),
         message: format!("{service} answered HTTP {}: {}", status.as_u16(), snippet.trim()),

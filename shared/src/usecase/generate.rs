@@ -7,7 +7,10 @@ use bytes::Bytes;
 use crate::catalog::ModelInfo;
 use crate::image_format::{self, NotAnImage};
 use crate::job::Job;
-use crate::provider::{ImageProvider, ImageRequest, ProviderError, ReferenceSigner, sign_references};
+use crate::provider::{
+    ImageProvider, ImageRequest, ProviderError, ReferenceSigner, check_reference_buckets, reference_buckets_from_env,
+    sign_references,
+};
 use crate::report::ImageEntry;
 use crate::store::{IMAGE_CACHE_CONTROL, NewObject, ObjectStore, StoreError, image_key};
 
@@ -110,6 +113,7 @@ pub async fn generate_new<S: ObjectStore>(
     signer: Option<&dyn ReferenceSigner>,
     timeout: Duration,
 ) -> Result<Generated, JobError> {
+    check_reference_buckets(&job.references, &reference_buckets_from_env()).map_err(JobError::Invalid)?;
     let request = ImageRequest {
         provider_model: model.provider_model.clone(),
         quality: model.quality.clone(),

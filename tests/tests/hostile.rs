@@ -1,0 +1,355 @@
+//! Hostile input against loopback stand-ins: endless and oversized bodies, redirects that would carry
+//! a key to another origin, references to internal addresses, reference storms, secrets in answers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use imagepipe::net::{AllowList, FetchClient};
+use imagepipe::provider::fetch::{MAX_REFERENCES_PER_ROW, MAX_ROW_REFERENCE_BYTES};
+use imagepipe::provider::gemini::GeminiProvider;
+use imagepipe::provider::http::MAX_RESPONSE_BYTES;
+use imagepipe::provider::placeholder::render_png;
+use imagepipe::provider::seedream::SeedreamProvider;
+use imagepipe::provider::{ImageProvider, ImageRequest, ProviderError};
+use imagepipe::publish::{Cms, HttpCms, Notifier, SlackWebhook, http_client};
+use imagepipe::template::ImageSize;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use wiremock::matchers::{any, method};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const KEY: &str = "AIza-secret-key-0123456789";
+const MIB: usize = 1024 * 1024;
+
+fn request(references: Vec<String>) -> ImageRequest {
+    ImageRequest {
+        provider_model: "gemini-2.5-flash-image".into(),
+        quality: None,
+        prompt: "A red mug".into(),
+        size: ImageSize { width: 64, height: 64 },
+        references,
+        seed: 1,
+        timeout: Duration::from_secs(60),
+    }
+}
+
+fn gemini(base: &str, allow: &str) -> GeminiProvider {
+    GeminiProvider::new(http_client(Duration::from_secs(60)), base, KEY)
+        .with_fetch(FetchClient::new(AllowList::parse(allow).unwrap()))
+}
+
+/// What a raw loopback server answers every connection with.
+#[derive(Clone)]
+enum Answer {
+    /// `200`, chunked, never ending.
+    Endless,
+    /// `200` announcing this `Content-Length`, then a few bytes and silence.
+    Announces(u64),
+}
+
+/// A loopback server counting connections and the body bytes it managed to send.
+struct RawServer {
+    address: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    sent: Arc<AtomicUsize>,
+}
+
+async fn raw_server(answer: Answer) -> RawServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (connections, sent) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (count, total) = (connections.clone(), sent.clone());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let (answer, total) = (answer.clone(), total.clone());
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head).await;
+                match answer {
+                    Answer::Endless => {
+                        let head =
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+                        if stream.write_all(head.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        let chunk = [b'A'; 64 * 1024];
+                        loop {
+                            let mut framed = format!("{:x}\r\n", chunk.len()).into_bytes();
+                            framed.extend_from_slice(&chunk);
+                            framed.extend_from_slice(b"\r\n");
+                            if stream.write_all(&framed).await.is_err() {
+                                return;
+                            }
+                            total.fetch_add(chunk.len(), Ordering::SeqCst);
+                        }
+                    }
+                    Answer::Announces(length) => {
+                        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\n{{\"candidates\":");
+                        let _ = stream.write_all(head.as_bytes()).await;
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    }
+                }
+            });
+        }
+    });
+    RawServer {
+        address,
+        connections,
+        sent,
+    }
+}
+
+#[tokio::test]
+async fn an_endless_provider_answer_is_cut_at_the_response_limit() {
+    let server = raw_server(Answer::Endless).await;
+    let provider = gemini(&format!("http://{}", server.address), "");
+
+    let error = provider.generate(&request(vec![])).await.unwrap_err();
+
+    assert!(
+        matches!(&error, ProviderError::Rejected { message } if message.contains("larger than")),
+        "{error}"
+    );
+    // Socket buffers hold a few MiB more than was read; nothing near the endless body.
+    let sent = server.sent.load(Ordering::SeqCst);
+    assert!(sent < MAX_RESPONSE_BYTES + 16 * MIB, "server sent {sent} bytes");
+}
+
+#[tokio::test]
+async fn an_announced_oversized_answer_is_refused_before_reading() {
+    let server = raw_server(Answer::Announces(10 * 1024 * MIB as u64)).await;
+    let provider = gemini(&format!("http://{}", server.address), "");
+
+    let started = std::time::Instant::now();
+    let error = provider.generate(&request(vec![])).await.unwrap_err();
+
+    assert!(error.to_string().contains("larger than"), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "refused without waiting for the body"
+    );
+}
+
+/// An origin that redirects every request (with `status`) to another origin, which answers 200.
+async fn redirecting(status: u16) -> (MockServer, MockServer) {
+    let (origin, elsewhere) = (MockServer::start().await, MockServer::start().await);
+    let target = format!("{}/collect", elsewhere.uri());
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(status).insert_header("location", target.as_str()))
+        .mount(&origin)
+        .await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&elsewhere)
+        .await;
+    (origin, elsewhere)
+}
+
+#[tokio::test]
+async fn a_redirect_to_another_origin_never_carries_the_key() {
+    let (api, elsewhere) = redirecting(307).await;
+
+    let error = gemini(&api.uri(), "").generate(&request(vec![])).await.unwrap_err();
+
+    assert!(!error.is_retryable(), "{error}");
+    assert!(error.to_string().contains("HTTP 307"), "{error}");
+    assert!(elsewhere.received_requests().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn slack_and_cms_follow_no_redirect_to_another_origin_and_send_no_referer() {
+    let (hook, elsewhere) = redirecting(302).await;
+    let webhook = format!("{}/services/T000/B000/hooksecret123", hook.uri());
+
+    let slack = SlackWebhook::new(http_client(Duration::from_secs(5)), &webhook)
+        .post("hello")
+        .await;
+    let cms = HttpCms::new(http_client(Duration::from_secs(5)), &hook.uri(), "cms-token-123456")
+        .update_image("A1", "https://cdn/x.png")
+        .await;
+
+    assert!(slack.unwrap_err().message.contains("HTTP 302"));
+    assert!(cms.unwrap_err().message.contains("HTTP 302"));
+    assert!(elsewhere.received_requests().await.unwrap().is_empty());
+    for request in hook.received_requests().await.unwrap() {
+        assert!(!request.headers.contains_key("referer"));
+    }
+}
+
+async fn refused_reference(reference: String, allow: &str) -> ProviderError {
+    let api = MockServer::start().await;
+    gemini(&api.uri(), allow)
+        .generate(&request(vec![reference]))
+        .await
+        .unwrap_err()
+}
+
+#[tokio::test]
+async fn references_to_internal_addresses_make_no_connection_and_read_the_same() {
+    let listening = raw_server(Answer::Endless).await;
+    let port = listening.address.port();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for reference in [
+        format!("http://127.0.0.1:{port}/ref.png"),
+        format!("http://localhost:{port}/ref.png"),
+        format!("http://[::ffff:127.0.0.1]:{port}/ref.png"),
+        format!("http://127.0.0.1:{closed}/ref.png"),
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/".to_owned(),
+        "http://[fd00::1]/ref.png".to_owned(),
+    ] {
+        let error = refused_reference(reference.clone(), "").await;
+        assert_eq!(
+            error,
+            ProviderError::Rejected {
+                message: "reference not allowed: internal address".into()
+            },
+            "{reference}"
+        );
+    }
+    assert_eq!(listening.connections.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_redirect_into_an_internal_address_is_refused_at_the_hop() {
+    let internal = raw_server(Answer::Endless).await;
+    let public_stand_in = MockServer::start().await;
+    let target = format!("http://127.0.0.1:{}/secret.png", internal.address.port());
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(302).insert_header("location", target.as_str()))
+        .mount(&public_stand_in)
+        .await;
+    // The stand-in is reached by name; only that name is allowed, not loopback addresses as such.
+    let reference = public_stand_in.uri().replace("127.0.0.1", "localhost") + "/ref.png";
+
+    let error = refused_reference(reference, "localhost").await;
+
+    assert_eq!(
+        error.to_string(),
+        "rejected by provider: reference not allowed: internal address"
+    );
+    assert_eq!(public_stand_in.received_requests().await.unwrap().len(), 1);
+    assert_eq!(internal.connections.load(Ordering::SeqCst), 0);
+}
+
+/// A valid PNG of `size` bytes: a small image with a private ancillary chunk as padding.
+fn big_png(size: usize) -> Vec<u8> {
+    let png = render_png(8, 8, b"big").unwrap();
+    let padding = size - png.len() - 12;
+    let mut chunk = b"pnGp".to_vec();
+    chunk.resize(4 + padding, 0);
+    let mut out = png[..33].to_vec(); // signature + IHDR
+    out.extend_from_slice(&(padding as u32).to_be_bytes());
+    out.extend_from_slice(&chunk);
+    out.extend_from_slice(&crc32(&chunk).to_be_bytes());
+    out.extend_from_slice(&png[33..]);
+    out
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let table: Vec<u32> = (0..256u32)
+        .map(|n| (0..8).fold(n, |c, _| if c & 1 == 1 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 }))
+        .collect();
+    !bytes
+        .iter()
+        .fold(!0u32, |c, &b| table[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8))
+}
+
+#[tokio::test]
+async fn a_reference_storm_in_one_row_is_bounded_by_count_and_total_bytes() {
+    let refs = MockServer::start().await;
+    let png = big_png(19 * MIB);
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(png))
+        .mount(&refs)
+        .await;
+    let url = |i: usize| format!("{}/ref-{i}.png", refs.uri());
+
+    let storm = (0..=MAX_REFERENCES_PER_ROW).map(url).collect();
+    let error = refused_reference_allowed(storm).await;
+    assert!(error.to_string().contains("at most 10 per row"), "{error}");
+    assert!(refs.received_requests().await.unwrap().is_empty());
+
+    let heavy = (0..3).map(url).collect();
+    let error = refused_reference_allowed(heavy).await;
+    let expected = format!("references are over {MAX_ROW_REFERENCE_BYTES} bytes");
+    assert!(error.to_string().contains(&expected), "{error}");
+}
+
+async fn refused_reference_allowed(references: Vec<String>) -> ProviderError {
+    let api = MockServer::start().await;
+    gemini(&api.uri(), "127.0.0.1")
+        .generate(&request(references))
+        .await
+        .unwrap_err()
+}
+
+#[tokio::test]
+async fn failures_show_no_token_userinfo_or_echoed_key() {
+    let refs = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(404))
+        .mount(&refs)
+        .await;
+    let reference = refs.uri().replace("http://", "http://user:pass@")
+        + "/k.png?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=deadbeef&token=t0ken";
+    let error = refused_reference_allowed(vec![reference]).await.to_string();
+    assert!(error.ends_with("/k.png answered HTTP 404"), "{error}");
+    for secret in ["user", "pass", "AKIA", "deadbeef", "t0ken"] {
+        assert!(!error.contains(secret), "{error}");
+    }
+
+    let api = MockServer::start().await;
+    let echo = json!({ "error": { "code": 400, "status": "INVALID_ARGUMENT", "message": format!("bad key {KEY}") } });
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(echo))
+        .mount(&api)
+        .await;
+    let error = gemini(&api.uri(), "").generate(&request(vec![])).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "rejected by provider: gemini HTTP 400: INVALID_ARGUMENT: bad key <redacted>"
+    );
+
+    let cms = MockServer::start().await;
+    Mock::given(method("PATCH"))
+        .respond_with(ResponseTemplate::new(400).set_body_string("token cms-token-123456 is not valid here"))
+        .mount(&cms)
+        .await;
+    let error = HttpCms::new(http_client(Duration::from_secs(5)), &cms.uri(), "cms-token-123456")
+        .update_image("A1", "https://cdn/x.png")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.message,
+        "CMS answered HTTP 400: token <redacted> is not valid here"
+    );
+}
+
+#[tokio::test]
+async fn a_seedream_download_url_into_an_internal_address_is_refused() {
+    let internal = raw_server(Answer::Endless).await;
+    let api = MockServer::start().await;
+    let url = format!("http://127.0.0.1:{}/image.png", internal.address.port());
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "data": [{ "url": url }] })))
+        .mount(&api)
+        .await;
+    let provider = SeedreamProvider::new(http_client(Duration::from_secs(5)), &api.uri(), "ark-key-123456");
+
+    let error = provider.generate(&request(vec![])).await.unwrap_err();
+
+    assert_eq!(
+        error.to_string(),
+        "rejected by provider: seedream image URL: reference not allowed: internal address"
+    );
+    assert_eq!(internal.connections.load(Ordering::SeqCst), 0);
+}
