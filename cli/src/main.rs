@@ -72,8 +72,8 @@ enum Command {
         /// Attempts per row, the first included.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=20))]
         max_attempts: u32,
-        /// Seconds one provider call may take.
-        #[arg(long, default_value_t = 120)]
+        /// Seconds one provider call may take (at least 1).
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
         timeout_secs: u64,
     },
     /// List the model catalog with prices.
@@ -171,11 +171,13 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let report = run.run(|done, total| bar.update(done, total)).await?;
             bar.finish();
             output::report(&report, &report_path(&run.out_dir, &report.run_id), input.json)?;
-            Ok(if report.failed + report.invalid == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_INCOMPLETE)
-            })
+            Ok(
+                if report.failed + report.invalid == 0 && report.cms_failures.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_INCOMPLETE)
+                },
+            )
         }
     }
 }
@@ -196,6 +198,7 @@ fn publishing_from_env() -> anyhow::Result<Publishing> {
             let token = var("CMS_TOKEN").context("CMS_BASE_URL is set, so CMS_TOKEN must be too")?;
             var("IMAGEPIPE_PUBLIC_BASE_URL")
                 .context("CMS_BASE_URL is set, so IMAGEPIPE_PUBLIC_BASE_URL (where images are served) must be too")?;
+            imagepipe::publish::check_base_url(&base).map_err(|e| anyhow::anyhow!("CMS_BASE_URL {e}"))?;
             Some(HttpCms::new(client.clone(), &base, &token))
         }
     };

@@ -20,6 +20,7 @@ pub mod pattern;
 pub mod provider;
 pub mod publish;
 pub mod queue;
+pub mod record_limit;
 pub mod redact;
 pub mod report;
 pub mod retry;

@@ -56,12 +56,16 @@ pub struct Publishing {
 /// Why a run could not start (nothing was generated) or could not record its report.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot read {file}: {source}")]
-    Read { file: String, source: std::io::Error },
+    #[error("cannot read {file}: {error}")]
+    Read { file: String, error: std::io::Error },
     #[error(transparent)]
     Plan(#[from] PlanError),
-    #[error("{0}")]
+    #[error(transparent)]
     Input(#[from] CsvError),
+    #[error("{file} changed while it was read: {what}; the run stopped")]
+    Changed { file: String, what: String },
+    #[error("cannot write to {dir}: {error}; nothing was generated")]
+    Unwritable { dir: String, error: String },
     #[error("cannot write the report: {0}")]
     Report(String),
 }
@@ -84,10 +88,10 @@ impl LocalRun {
         Ok(BufReader::with_capacity(64 * 1024, file))
     }
 
-    fn read_error(&self, source: std::io::Error) -> RunError {
+    fn read_error(&self, error: std::io::Error) -> RunError {
         RunError::Read {
             file: self.csv.display().to_string(),
-            source,
+            error,
         }
     }
 
@@ -95,17 +99,22 @@ impl LocalRun {
     /// finished row with (rows done, rows to do).
     pub async fn run(&self, progress: impl Fn(u64, u64)) -> Result<RunReport, RunError> {
         let started = Instant::now();
-        // One pass validates and prices every row and hashes the file for the run id.
-        let mut input = HashingReader {
+        // One pass validates and prices every row, hashes the file for the run id, and keeps a
+        // private copy: the second pass reads exactly the bytes that were validated.
+        let spool = tempfile::tempfile().map_err(|e| self.read_error(e))?;
+        let mut input = HashingReader::new(Tee {
             inner: self.open()?,
-            hasher: Sha256::new(),
-        };
+            copy: std::io::BufWriter::new(spool),
+        });
         let file = self.csv.display().to_string();
         let plan = plan_csv(&mut input, &file, &self.template, self.model.as_deref(), &self.catalog)?;
-        let digest = hex::encode(input.hasher.finalize());
+        std::io::copy(&mut input, &mut std::io::sink()).map_err(|e| self.read_error(e))?;
+        let (snapshot, digest) = input.finish();
+        let snapshot = snapshot.rewound().map_err(|e| self.read_error(e))?;
         let model = self.catalog.model(&plan.model).map_err(PlanError::from)?.clone();
         let run_id = run_id(&[&digest, &plan.template, &plan.model]);
         let store = FsObjectStore::new(&self.out_dir);
+        check_writable(&store, &self.out_dir, &run_id).await?;
         let mut report = ReportBuilder::new(
             &run_id,
             &plan.file,
@@ -133,7 +142,7 @@ impl LocalRun {
         }
 
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(self.concurrency * 2);
-        let reader = self.spawn_reader(run_id.clone(), plan.model.clone(), jobs_tx)?;
+        let reader = self.spawn_reader(snapshot, run_id.clone(), plan.model.clone(), jobs_tx);
         let stopped = AtomicBool::new(false);
         let worker = Worker {
             model: &model,
@@ -157,7 +166,13 @@ impl LocalRun {
             progress(done, plan.valid);
         }
         match reader.await {
-            Ok(Ok(())) => {}
+            Ok(Ok(second)) if second == (digest.clone(), plan.rows) => {}
+            Ok(Ok((_, rows))) => {
+                return Err(RunError::Changed {
+                    file: plan.file.clone(),
+                    what: format!("{rows} rows on the second pass, {} planned", plan.rows),
+                });
+            }
             Ok(Err(e)) => return Err(e.into()),
             Err(e) => return Err(RunError::Report(format!("CSV reader stopped: {e}"))),
         }
@@ -188,28 +203,33 @@ impl LocalRun {
         Ok(report)
     }
 
-    /// Streams the CSV again on a blocking thread, sending valid rows as jobs (back-pressured by the channel).
+    /// Streams the snapshot on a blocking thread, sending valid rows as jobs (back-pressured by the
+    /// channel); returns the digest and the row count it read, to be compared with the plan's.
     fn spawn_reader(
         &self,
+        snapshot: File,
         run_id: String,
         model: String,
         jobs: mpsc::Sender<Job>,
-    ) -> Result<tokio::task::JoinHandle<Result<(), CsvError>>, RunError> {
-        let input = self.open()?;
+    ) -> tokio::task::JoinHandle<Result<(String, u64), CsvError>> {
         let (file, template) = (self.csv.display().to_string(), self.template.clone());
-        Ok(tokio::task::spawn_blocking(move || {
-            let mut rows = RowReader::open(input, &file, &template)?;
+        tokio::task::spawn_blocking(move || {
+            let mut input = HashingReader::new(BufReader::with_capacity(64 * 1024, snapshot));
+            let mut rows = RowReader::open(&mut input, &file, &template)?;
             while let Some(row) = rows.next_row() {
                 if let RowOutcome::Valid(row) = row?
                     && jobs
                         .blocking_send(Job::from_row(&run_id, &model, template.size, row))
                         .is_err()
                 {
-                    break; // the run stopped consuming
+                    return Ok((String::new(), 0)); // the run stopped consuming
                 }
             }
-            Ok(())
-        }))
+            let count = rows.rows_read();
+            drop(rows);
+            let _ = std::io::copy(&mut input, &mut std::io::sink());
+            Ok((input.finish().1, count))
+        })
     }
 
     async fn write_report(&self, store: &FsObjectStore, report: &RunReport) -> Result<(), RunError> {
@@ -231,6 +251,68 @@ impl LocalRun {
 struct HashingReader<R> {
     inner: R,
     hasher: Sha256,
+}
+
+impl<R> HashingReader<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+        }
+    }
+
+    /// The reader and the hex digest of everything read.
+    fn finish(self) -> (R, String) {
+        (self.inner, hex::encode(self.hasher.finalize()))
+    }
+}
+
+/// Copies what is read from `inner` into `copy`.
+struct Tee<R> {
+    inner: R,
+    copy: std::io::BufWriter<File>,
+}
+
+impl<R> Tee<R> {
+    /// The copy, flushed and rewound for reading.
+    fn rewound(self) -> std::io::Result<File> {
+        use std::io::Seek;
+        let mut file = self.copy.into_inner().map_err(std::io::IntoInnerError::into_error)?;
+        file.rewind()?;
+        Ok(file)
+    }
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::Write;
+        let n = self.inner.read(buf)?;
+        self.copy.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+/// Proves the output location writable (a test write under `images/` and `runs/`) before anything is paid for.
+async fn check_writable(store: &FsObjectStore, out_dir: &Path, run_id: &str) -> Result<(), RunError> {
+    for key in [
+        format!("images/.write-check-{run_id}"),
+        format!("runs/{run_id}/.write-check"),
+    ] {
+        let object = NewObject {
+            body: bytes::Bytes::from_static(b"ok"),
+            content_type: "text/plain".into(),
+            cache_control: None,
+            metadata: vec![],
+        };
+        let unwritable = |error: String| RunError::Unwritable {
+            dir: out_dir.display().to_string(),
+            error,
+        };
+        store.put(&key, object).await.map_err(|e| unwritable(e.to_string()))?;
+        let path = store.path_of(&key).map_err(|e| unwritable(e.to_string()))?;
+        let _ = tokio::fs::remove_file(path).await;
+    }
+    Ok(())
 }
 
 impl<R: Read> Read for HashingReader<R> {
@@ -306,12 +388,14 @@ impl Worker<'_> {
     }
 }
 
+/// Why a row failed, with every known secret redacted.
 fn reason(error: &JobError, attempts: u32) -> String {
-    if error.is_retryable() {
+    let reason = if error.is_retryable() {
         format!("{error} (gave up after {attempts} attempts)")
     } else {
         error.to_string()
-    }
+    };
+    crate::redact::redact(&reason, &[])
 }
 
 fn failure(job: &Job, attempts: u32, reason: String) -> FailureEntry {

@@ -50,11 +50,38 @@ impl std::fmt::Debug for HttpCms {
     }
 }
 
+/// A CMS base URL must be an absolute http(s) URL without userinfo (the token is the one credential sent).
+pub fn check_base_url(base: &str) -> Result<(), String> {
+    let shown = crate::redact::display_url(base);
+    let url = reqwest::Url::parse(base).map_err(|e| format!("{shown:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
+        return Err(format!("{shown:?} must be an absolute http(s) URL"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "{shown:?} must not carry a user name or password (the token is the credential)"
+        ));
+    }
+    Ok(())
+}
+
+/// `base` without `user:pass@`: with it, requests would carry Basic credentials next to the Bearer token.
+fn without_userinfo(base: &str) -> String {
+    match reqwest::Url::parse(base) {
+        Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string()
+        }
+        _ => base.to_owned(),
+    }
+}
+
 impl HttpCms {
     pub fn new(client: reqwest::Client, base_url: &str, token: &str) -> Self {
         Self {
             client,
-            base_url: base_url.trim_end_matches('/').to_owned(),
+            base_url: without_userinfo(base_url).trim_end_matches('/').to_owned(),
             token: token.to_owned(),
             method: reqwest::Method::PATCH,
             path: "/api/products/{sku}".into(),

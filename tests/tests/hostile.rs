@@ -353,3 +353,177 @@ async fn a_seedream_download_url_into_an_internal_address_is_refused() {
     );
     assert_eq!(internal.connections.load(Ordering::SeqCst), 0);
 }
+
+mod local {
+    //! The local pipeline: the CSV snapshot, the output check before paying, images validated before reuse.
+
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use imagepipe::catalog::Catalog;
+    use imagepipe::local::{LocalRun, Publishing, RunError};
+    use imagepipe::provider::placeholder::render_png;
+    use imagepipe::provider::testing::ScriptedProvider;
+    use imagepipe::provider::{ImageProvider, ImageRequest, ProviderError, ProviderImage};
+    use imagepipe::retry::RetryPolicy;
+    use imagepipe::template::TemplateSet;
+
+    fn local_run(csv: PathBuf, out_dir: PathBuf, provider: Arc<dyn ImageProvider>) -> LocalRun {
+        LocalRun {
+            csv,
+            template: TemplateSet::builtin().get("product").unwrap().clone(),
+            model: Some("placeholder".into()),
+            catalog: Catalog::builtin(),
+            provider,
+            signer: None,
+            out_dir,
+            concurrency: 1,
+            retry: RetryPolicy::default(),
+            timeout: Duration::from_secs(5),
+            publish: Publishing::default(),
+        }
+    }
+
+    /// Answers a tiny PNG; on its first call, runs `on_first_call` (to change the world mid-run).
+    struct Tiny {
+        calls: AtomicU32,
+        on_first_call: Box<dyn Fn() + Send + Sync>,
+    }
+
+    #[async_trait::async_trait]
+    impl ImageProvider for Tiny {
+        fn name(&self) -> &str {
+            "tiny"
+        }
+
+        async fn generate(&self, _: &ImageRequest) -> Result<ProviderImage, ProviderError> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                (self.on_first_call)();
+            }
+            Ok(ProviderImage {
+                bytes: Bytes::from(render_png(8, 8, b"tiny").unwrap()),
+                reported_cost_usd: None,
+                request_id: None,
+                usage: Default::default(),
+            })
+        }
+    }
+
+    fn many_rows(rows: usize) -> String {
+        let mut csv = String::from("sku,name,color\n");
+        for i in 0..rows {
+            csv.push_str(&format!("SKU-{i:05},mug number {i},red\n"));
+        }
+        csv
+    }
+
+    #[tokio::test]
+    async fn a_csv_truncated_during_the_run_still_runs_the_rows_that_were_planned() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("in.csv");
+        std::fs::write(&csv, many_rows(3000)).unwrap();
+        let truncate = csv.clone();
+        let provider = Arc::new(Tiny {
+            calls: AtomicU32::new(0),
+            on_first_call: Box::new(move || std::fs::write(&truncate, "sku,name,color\nX,y,z\n").unwrap()),
+        });
+
+        let report = local_run(csv, dir.path().join("out"), provider.clone())
+            .run(|_, _| {})
+            .await
+            .unwrap();
+
+        assert_eq!((report.rows, report.succeeded), (3000, 3000));
+        assert_eq!(provider.calls.load(Ordering::SeqCst), 3000);
+    }
+
+    #[tokio::test]
+    async fn a_fifo_is_read_once_and_run_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("in.csv");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        let writer = fifo.clone();
+        let feeding = std::thread::spawn(move || std::fs::write(writer, many_rows(5)).unwrap());
+        let provider = Arc::new(ScriptedProvider::default());
+
+        let run = local_run(fifo, dir.path().join("out"), provider.clone());
+        let report = tokio::time::timeout(Duration::from_secs(30), run.run(|_, _| {}))
+            .await
+            .expect("a FIFO does not hang the run")
+            .unwrap();
+
+        feeding.join().unwrap();
+        assert_eq!((report.rows, report.succeeded), (5, 5));
+    }
+
+    fn write_csv(dir: &Path) -> PathBuf {
+        let csv = dir.join("in.csv");
+        std::fs::write(&csv, "sku,name,color\nA1,mug,red\nA2,cup,blue\n").unwrap();
+        csv
+    }
+
+    #[tokio::test]
+    async fn an_unwritable_output_stops_the_run_before_any_provider_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        std::fs::write(&out, "a file where the output directory should be").unwrap();
+        let provider = Arc::new(ScriptedProvider::default());
+
+        let error = local_run(write_csv(dir.path()), out, provider.clone())
+            .run(|_, _| {})
+            .await
+            .unwrap_err();
+
+        assert!(matches!(error, RunError::Unwritable { .. }), "{error}");
+        assert!(error.to_string().contains("nothing was generated"), "{error}");
+        assert_eq!(provider.total_calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_broken_file_at_an_images_path_is_regenerated_and_a_whole_one_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path().join("out/images/product");
+        std::fs::create_dir_all(&images).unwrap();
+        std::fs::write(images.join("A1.png"), "<html>502 Bad Gateway</html>").unwrap();
+        let whole = render_png(16, 16, b"earlier").unwrap();
+        std::fs::write(images.join("A2.png"), &whole).unwrap();
+        let provider = Arc::new(ScriptedProvider::default());
+
+        let report = local_run(write_csv(dir.path()), dir.path().join("out"), provider.clone())
+            .run(|_, _| {})
+            .await
+            .unwrap();
+
+        assert_eq!((report.succeeded, report.reused), (2, 1));
+        assert_eq!((provider.calls_for("mug"), provider.calls_for("cup")), (1, 0));
+        let regenerated = std::fs::read(images.join("A1.png")).unwrap();
+        assert!(imagepipe::image_format::inspect(&regenerated).is_ok());
+        assert_eq!(std::fs::read(images.join("A2.png")).unwrap(), whole);
+    }
+
+    #[tokio::test]
+    async fn a_provider_answer_with_a_valid_header_and_garbage_is_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lying = render_png(8, 8, b"x").unwrap()[..33].to_vec();
+        lying.extend_from_slice(&[0x55; 2000]);
+        let script = imagepipe::provider::testing::Script::Body(Bytes::from(lying));
+        let provider = Arc::new(ScriptedProvider::default().on("mug", script));
+
+        let report = local_run(write_csv(dir.path()), dir.path().join("out"), provider)
+            .run(|_, _| {})
+            .await
+            .unwrap();
+
+        assert_eq!((report.succeeded, report.failed), (1, 1));
+        assert!(
+            report.failures[0].reason.contains("a corrupt png"),
+            "{}",
+            report.failures[0].reason
+        );
+        assert!(!dir.path().join("out/images/product/A1.png").exists());
+    }
+}

@@ -5,14 +5,14 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::catalog::ModelInfo;
-use crate::image_format::{self, NotAnImage};
+use crate::image_format::{self, ImageFormat, NotAnImage};
 use crate::job::Job;
 use crate::provider::{
     ImageProvider, ImageRequest, ProviderError, ReferenceSigner, check_reference_buckets, reference_buckets_from_env,
     sign_references,
 };
 use crate::report::ImageEntry;
-use crate::store::{IMAGE_CACHE_CONTROL, NewObject, ObjectStore, StoreError, image_key};
+use crate::store::{IMAGE_CACHE_CONTROL, NewObject, ObjectStore, PutOutcome, StoreError, image_key};
 
 /// A job's image is in the store.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,12 +129,8 @@ pub async fn generate_new<S: ObjectStore>(
     let info = image_format::inspect(&image.bytes)?;
     let object_key = image_key(job.key.as_str(), info.format);
     let bytes = image.bytes.len() as u64;
-    store
-        .put_if_absent(
-            &object_key,
-            image_object(job, &model.provider_model, info.format.content_type(), image.bytes),
-        )
-        .await?;
+    let object = image_object(job, &model.provider_model, info.format.content_type(), image.bytes);
+    store_image(store, &object_key, info.format, object).await?;
     Ok(Generated {
         object_key,
         content_type: info.format.content_type().to_owned(),
@@ -147,22 +143,60 @@ pub async fn generate_new<S: ObjectStore>(
     })
 }
 
-/// The job's image when it is already stored (an earlier run or delivery made it).
+/// The job's image when it is already stored (an earlier run or delivery made it) and is a whole
+/// image. A broken object (empty, an HTML page, cut short) is not reused: the job regenerates it and
+/// the new image replaces it.
 pub async fn existing_image<S: ObjectStore>(store: &S, job: &Job) -> Result<Option<Generated>, StoreError> {
-    let Some(existing) = store.find_image(job.key.as_str()).await? else {
+    if store.find_image(job.key.as_str()).await?.is_none() {
         return Ok(None);
-    };
-    tracing::info!(object_key = %existing.key, "image exists; provider not called");
-    Ok(Some(Generated {
-        object_key: existing.key,
-        content_type: existing.content_type,
-        bytes: existing.size,
-        width: None,
-        height: None,
-        reused: true,
-        cost_usd: 0.0,
-        credits_used: None,
-    }))
+    }
+    // The first format found may be a broken leftover next to a good image in another format.
+    for format in ImageFormat::ALL {
+        let key = image_key(job.key.as_str(), format);
+        let Some(bytes) = store.get(&key).await? else {
+            continue;
+        };
+        match image_format::inspect(&bytes) {
+            Ok(info) if info.format == format => {
+                tracing::info!(object_key = %key, "image exists; provider not called");
+                return Ok(Some(Generated {
+                    object_key: key,
+                    content_type: format.content_type().to_owned(),
+                    bytes: bytes.len() as u64,
+                    width: Some(info.width),
+                    height: Some(info.height),
+                    reused: true,
+                    cost_usd: 0.0,
+                    credits_used: None,
+                }));
+            }
+            Ok(info) => {
+                tracing::warn!(object_key = %key, found = ?info.format, "stored image has the wrong extension; regenerating")
+            }
+            Err(e) => tracing::warn!(object_key = %key, error = %e, "stored image is broken; regenerating"),
+        }
+    }
+    Ok(None)
+}
+
+/// Writes a new image create-if-absent; what is already at the key is replaced only when it is
+/// not a whole image of that format (a broken leftover).
+async fn store_image<S: ObjectStore>(
+    store: &S,
+    key: &str,
+    format: ImageFormat,
+    object: NewObject,
+) -> Result<(), StoreError> {
+    if store.put_if_absent(key, object.clone()).await? == PutOutcome::Created {
+        return Ok(());
+    }
+    let present = store.get(key).await?;
+    let whole = present.is_some_and(|bytes| image_format::inspect(&bytes).is_ok_and(|info| info.format == format));
+    if !whole {
+        tracing::warn!(object_key = %key, "replacing a broken image");
+        store.put(key, object).await?;
+    }
+    Ok(())
 }
 
 /// The stored object: immutable caching and ASCII-only metadata (the prompt goes in as its hash).
