@@ -18,7 +18,7 @@ use crate::job::{Job, run_id};
 use crate::provider::{ImageProvider, ReferenceSigner};
 use crate::publish::{HttpCms, SlackWebhook};
 use crate::report::{FailureEntry, ImageEntry, ReportBuilder, RunReport};
-use crate::retry::RetryPolicy;
+use crate::retry::{MAX_WAIT_PER_ROW, RetryPolicy};
 use crate::rows::{CsvError, RowOutcome, RowReader};
 use crate::store::{NewObject, ObjectStore};
 use crate::template::Template;
@@ -344,7 +344,7 @@ struct Worker<'a> {
 impl Worker<'_> {
     /// One job with retries: retryable errors wait (full jitter, Retry-After as a floor) and try again.
     async fn process(&self, job: Job) -> Result<ImageEntry, FailureEntry> {
-        let mut attempt = 0;
+        let (mut attempt, mut waited) = (0, Duration::ZERO);
         loop {
             if self.stopped.load(Ordering::Relaxed) {
                 return Err(failure(
@@ -371,12 +371,18 @@ impl Worker<'_> {
                         .map_or(generated.object_key.clone(), |p| p.display().to_string());
                     return Ok(generated.into_entry(&job, path));
                 }
-                Err(error) if error.is_retryable() && self.run.retry.allows_another(attempt) => {
-                    let wait = self.run.retry.delay(attempt, error.retry_after());
-                    tracing::warn!(row = job.row, attempt, ?wait, %error, "retrying");
-                    tokio::time::sleep(wait).await;
-                }
                 Err(error) => {
+                    // Retry-After is a floor, but the row waits at most MAX_WAIT_PER_ROW in all.
+                    let wait = self.run.retry.delay(attempt, error.retry_after());
+                    if error.is_retryable()
+                        && self.run.retry.allows_another(attempt)
+                        && waited + wait <= MAX_WAIT_PER_ROW
+                    {
+                        tracing::warn!(row = job.row, attempt, ?wait, %error, "retrying");
+                        tokio::time::sleep(wait).await;
+                        waited += wait;
+                        continue;
+                    }
                     if error.stops_run() {
                         self.stopped.store(true, Ordering::Relaxed);
                     }

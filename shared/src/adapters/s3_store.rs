@@ -213,8 +213,23 @@ impl crate::usecase::split::CsvSource for S3Csv {
     }
 
     async fn open(&self) -> Result<Box<dyn std::io::Read + Send>, StoreError> {
-        let Some((body, _)) = self.store.open(&self.key).await? else {
-            return Err(StoreError::Failed(format!("{} does not exist", self.name)));
+        // If-Match: every read of a run sees the object the run started from, or fails.
+        let mut request = self.store.client.get_object().bucket(&self.store.bucket).key(&self.key);
+        if !self.version.is_empty() {
+            request = request.if_match(format!("\"{}\"", self.version.trim_matches('"')));
+        }
+        let body = match request.send().await {
+            Ok(output) => output.body.into_async_read(),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => {
+                return Err(StoreError::Failed(format!(
+                    "{} changed since the run started (ETag {}); the run stopped — upload it again for a new run",
+                    self.name, self.version
+                )));
+            }
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
+                return Err(StoreError::Failed(format!("{} does not exist", self.name)));
+            }
+            Err(e) => return Err(store_error(e)),
         };
         // Read on a blocking thread (the CSV parser is synchronous), fed by the async body.
         Ok(Box::new(tokio_util::io::SyncIoBridge::new(body)))

@@ -307,7 +307,7 @@ async fn split(rows: u64) -> Result<(), Error> {
     let (_, events) = fresh(&clients, "split-events").await?;
     let concurrency = 8;
     let body = csv(rows);
-    clients
+    let put = clients
         .s3
         .put_object()
         .bucket(&bucket)
@@ -315,6 +315,7 @@ async fn split(rows: u64) -> Result<(), Error> {
         .body(body.into_bytes().into())
         .send()
         .await?;
+    let etag = put.e_tag().unwrap_or_default().trim_matches('"').to_owned();
     let store = S3ObjectStore::new(clients.s3.clone(), &bucket);
     let splitter = Splitter {
         store: store.clone(),
@@ -329,7 +330,7 @@ async fn split(rows: u64) -> Result<(), Error> {
         },
     };
     let template = TemplateSet::builtin().get("product")?.clone();
-    let source = S3Csv::new(store, "incoming/product/bench.csv", "bench");
+    let source = S3Csv::new(store, "incoming/product/bench.csv", &etag);
     let started = Instant::now();
     let outcome = splitter.split(&source, Ok(&template), None).await?;
     let split_wall = started.elapsed().as_secs_f64();
