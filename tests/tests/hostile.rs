@@ -1,6 +1,8 @@
 //! Hostile input against loopback stand-ins: endless and oversized bodies, redirects that would carry
 //! a key to another origin, references to internal addresses, reference storms, secrets in answers.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -525,5 +527,41 @@ mod local {
             report.failures[0].reason
         );
         assert!(!dir.path().join("out/images/product/A1.png").exists());
+    }
+}
+
+mod aws {
+    //! The AWS path against the emulator: a CSV replaced after its run started is not read.
+
+    use super::support;
+    use imagepipe::adapters::s3_store::{S3Csv, S3ObjectStore};
+    use imagepipe::usecase::split::CsvSource;
+
+    #[tokio::test]
+    async fn a_csv_replaced_after_the_run_started_is_not_read() {
+        let clients = support::clients();
+        let bucket = support::bucket(&clients).await;
+        let put = |body: &'static str| {
+            clients
+                .s3
+                .put_object()
+                .bucket(&bucket)
+                .key("incoming/product/p.csv")
+                .body(body.as_bytes().to_vec().into())
+                .send()
+        };
+        let first = put("sku,name,color\nA1,mug,red\n").await.unwrap();
+        let etag = first.e_tag().unwrap().trim_matches('"').to_owned();
+        let source = S3Csv::new(
+            S3ObjectStore::new(clients.s3.clone(), &bucket),
+            "incoming/product/p.csv",
+            &etag,
+        );
+        assert!(source.open().await.is_ok());
+
+        put("sku,name,color\nB1,evil,black\n").await.unwrap();
+        let error = source.open().await.err().expect("the replaced CSV is refused");
+
+        assert!(error.to_string().contains("changed since the run started"), "{error}");
     }
 }
