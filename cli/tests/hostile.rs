@@ -130,3 +130,38 @@ fn an_unreadable_csv_is_reported_once() {
     let text = stderr(&out);
     assert_eq!(text.matches("No such file").count(), 1, "{text}");
 }
+
+#[test]
+fn ctrl_c_mid_run_writes_an_interrupted_report_and_exits_130() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = csv_in(dir.path());
+    // A provider stand-in that accepts the call and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let child = Command::new(env!("CARGO_BIN_EXE_imagepipe"))
+        .args(["run", csv, "-t", "product", "--provider", "gemini", "-c", "1", "--json"])
+        .current_dir(dir.path())
+        .env("GEMINI_API_KEY", "test-key-0123456789")
+        .env("IMAGEPIPE_GEMINI_BASE_URL", &base)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (_held, _) = listener.accept().unwrap();
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+
+    let out = child.wait_with_output().unwrap();
+
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((report["rows"].as_u64(), report["failed"].as_u64()), (Some(2), Some(2)));
+    let run_id = report["run_id"].as_str().unwrap();
+    let stored = std::fs::read_to_string(dir.path().join(format!("out/runs/{run_id}/report.json"))).unwrap();
+    assert!(stored.contains("\"state\": \"interrupted\""), "{stored}");
+}

@@ -528,6 +528,62 @@ mod local {
         );
         assert!(!dir.path().join("out/images/product/A1.png").exists());
     }
+    /// Answers a tiny PNG, except for prompts with `hang_on`: those cancel `interrupt` and never answer.
+    struct Hanging {
+        hang_on: &'static str,
+        interrupt: imagepipe::local::CancellationToken,
+    }
+
+    #[async_trait::async_trait]
+    impl ImageProvider for Hanging {
+        fn name(&self) -> &str {
+            "hanging"
+        }
+
+        async fn generate(&self, request: &ImageRequest) -> Result<ProviderImage, ProviderError> {
+            if request.prompt.contains(self.hang_on) {
+                self.interrupt.cancel();
+                std::future::pending::<()>().await;
+            }
+            Tiny {
+                calls: AtomicU32::new(1),
+                on_first_call: Box::new(|| {}),
+            }
+            .generate(request)
+            .await
+        }
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_run_abandons_the_call_in_flight_and_writes_an_interrupted_report() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("in.csv"),
+            "sku,name,color\nA1,mug,red\nA2,cup,blue\nA3,bowl,green\n",
+        )
+        .unwrap();
+        let interrupt = imagepipe::local::CancellationToken::new();
+        let provider = Arc::new(Hanging {
+            hang_on: "cup",
+            interrupt: interrupt.clone(),
+        });
+        let run = local_run(dir.path().join("in.csv"), dir.path().join("out"), provider);
+
+        let report = run.run_until(|_, _| {}, &interrupt).await.unwrap();
+
+        assert_eq!((report.rows, report.succeeded, report.failed), (3, 1, 2));
+        let reasons: Vec<&str> = report.failures.iter().map(|f| f.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "abandoned: the run was interrupted during the provider call",
+                "not attempted: the run was interrupted"
+            ]
+        );
+        let path = imagepipe::local::report_path(&run.out_dir, &report.run_id);
+        let stored: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        assert_eq!(stored["state"], "interrupted");
+    }
 }
 
 mod aws {

@@ -1,30 +1,34 @@
 //! The whole pipeline in one process: plan, then stream jobs to a bounded pool of workers that
 //! generate with retries, then write the report. Used by `imagepipe run`.
 
+mod snapshot;
+mod worker;
+
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
+pub use tokio_util::sync::CancellationToken;
 
 use crate::adapters::fs_store::FsObjectStore;
-use crate::catalog::{Catalog, ModelInfo};
+use crate::catalog::Catalog;
 use crate::job::{Job, run_id};
 use crate::provider::{ImageProvider, ReferenceSigner};
 use crate::publish::{HttpCms, SlackWebhook};
-use crate::report::{FailureEntry, ImageEntry, ReportBuilder, RunReport};
-use crate::retry::{MAX_WAIT_PER_ROW, RetryPolicy};
+use crate::report::{ReportBuilder, RunReport};
+use crate::retry::RetryPolicy;
 use crate::rows::{CsvError, RowOutcome, RowReader};
 use crate::store::{NewObject, ObjectStore};
 use crate::template::Template;
 use crate::usecase::finalize::{completion_message, notify, start_message, update_cms};
-use crate::usecase::generate::{JobError, generate_image};
 use crate::usecase::plan::{Plan, PlanError, plan_csv};
+use snapshot::{HashingReader, Tee};
+use worker::Worker;
 
 /// Everything a local run needs.
 pub struct LocalRun {
@@ -98,19 +102,19 @@ impl LocalRun {
     /// Runs the pipeline and writes `<out>/runs/<run_id>/report.json`; `progress` is called once per
     /// finished row with (rows done, rows to do).
     pub async fn run(&self, progress: impl Fn(u64, u64)) -> Result<RunReport, RunError> {
+        self.run_until(progress, &CancellationToken::new()).await
+    }
+
+    /// [`run`](Self::run), stopping when `interrupt` is cancelled: no new provider call starts, calls
+    /// in flight get [`INTERRUPT_GRACE`] to finish and are then abandoned, every row not done is a
+    /// failure saying so, and the report is written with state `interrupted` (the CMS is not updated).
+    pub async fn run_until(
+        &self,
+        progress: impl Fn(u64, u64),
+        interrupt: &CancellationToken,
+    ) -> Result<RunReport, RunError> {
         let started = Instant::now();
-        // One pass validates and prices every row, hashes the file for the run id, and keeps a
-        // private copy: the second pass reads exactly the bytes that were validated.
-        let spool = tempfile::tempfile().map_err(|e| self.read_error(e))?;
-        let mut input = HashingReader::new(Tee {
-            inner: self.open()?,
-            copy: std::io::BufWriter::new(spool),
-        });
-        let file = self.csv.display().to_string();
-        let plan = plan_csv(&mut input, &file, &self.template, self.model.as_deref(), &self.catalog)?;
-        std::io::copy(&mut input, &mut std::io::sink()).map_err(|e| self.read_error(e))?;
-        let (snapshot, digest) = input.finish();
-        let snapshot = snapshot.rewound().map_err(|e| self.read_error(e))?;
+        let (plan, snapshot, digest) = self.plan_with_snapshot()?;
         let model = self.catalog.model(&plan.model).map_err(PlanError::from)?.clone();
         let run_id = run_id(&[&digest, &plan.template, &plan.model]);
         let store = FsObjectStore::new(&self.out_dir);
@@ -127,19 +131,12 @@ impl LocalRun {
             report.invalid(invalid);
         }
         tracing::info!(%run_id, rows = plan.rows, valid = plan.valid, invalid = plan.invalid, "run started");
-        if let Some(notifier) = &self.publish.notifier {
-            let text = start_message(
-                &run_id,
-                &plan.file,
-                &plan.template,
-                &plan.model,
-                plan.valid,
-                plan.estimated_cost_usd,
-            );
-            if let Err(e) = notify(notifier, &text, &self.retry).await {
-                tracing::warn!(error = %e, "run start message not posted");
-            }
-        }
+        let (file, valid, cost) = (&plan.file, plan.valid, plan.estimated_cost_usd);
+        self.post(
+            &start_message(&run_id, file, &plan.template, &plan.model, valid, cost),
+            "start",
+        )
+        .await;
 
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(self.concurrency * 2);
         let reader = self.spawn_reader(snapshot, run_id.clone(), plan.model.clone(), jobs_tx);
@@ -150,10 +147,11 @@ impl LocalRun {
             provider: self.provider.as_ref(),
             run: self,
             stopped: &stopped,
+            interrupt,
         };
         let jobs = futures::stream::unfold(jobs_rx, |mut rx| async move { rx.recv().await.map(|job| (job, rx)) });
         let outcomes = jobs
-            .map(|job| worker.process(job))
+            .map(|job| worker.process_within_grace(job))
             .buffer_unordered(self.concurrency.max(1));
         let mut outcomes = std::pin::pin!(outcomes);
         let mut done = 0;
@@ -176,8 +174,33 @@ impl LocalRun {
             Ok(Err(e)) => return Err(e.into()),
             Err(e) => return Err(RunError::Report(format!("CSV reader stopped: {e}"))),
         }
-        let mut report = report.finish(started.elapsed().as_secs_f64());
-        if let Some(cms) = &self.publish.cms {
+        let report = report.finish(started.elapsed().as_secs_f64());
+        self.conclude(&store, report, interrupt.is_cancelled()).await
+    }
+
+    /// Plans while copying the CSV to a private file; returns the plan, the copy and its digest.
+    fn plan_with_snapshot(&self) -> Result<(Plan, File, String), RunError> {
+        let spool = tempfile::tempfile().map_err(|e| self.read_error(e))?;
+        let mut input = HashingReader::new(Tee {
+            inner: self.open()?,
+            copy: std::io::BufWriter::new(spool),
+        });
+        let file = self.csv.display().to_string();
+        let plan = plan_csv(&mut input, &file, &self.template, self.model.as_deref(), &self.catalog)?;
+        std::io::copy(&mut input, &mut std::io::sink()).map_err(|e| self.read_error(e))?;
+        let (snapshot, digest) = input.finish();
+        let snapshot = snapshot.rewound().map_err(|e| self.read_error(e))?;
+        Ok((plan, snapshot, digest))
+    }
+
+    /// CMS updates (not for an interrupted run), the report, the completion message.
+    async fn conclude(
+        &self,
+        store: &FsObjectStore,
+        mut report: RunReport,
+        interrupted: bool,
+    ) -> Result<RunReport, RunError> {
+        if let Some(cms) = self.publish.cms.as_ref().filter(|_| !interrupted) {
             let base = self
                 .publish
                 .public_base_url
@@ -192,15 +215,21 @@ impl LocalRun {
             )
             .await;
         }
-        self.write_report(&store, &report).await?;
-        if let Some(notifier) = &self.publish.notifier {
-            let location = report_path(&self.out_dir, &report.run_id).display().to_string();
-            if let Err(e) = notify(notifier, &completion_message(&report, &location), &self.retry).await {
-                tracing::warn!(error = %e, "run completion message not posted");
-            }
-        }
-        tracing::info!(%run_id, succeeded = report.succeeded, failed = report.failed, invalid = report.invalid, "run finished");
+        self.write_report(store, &report, interrupted).await?;
+        let location = report_path(&self.out_dir, &report.run_id).display().to_string();
+        self.post(&completion_message(&report, &location), "completion").await;
+        let (succeeded, failed, invalid) = (report.succeeded, report.failed, report.invalid);
+        tracing::info!(run_id = %report.run_id, succeeded, failed, invalid, interrupted, "run finished");
         Ok(report)
+    }
+
+    /// Posts a run message to the notifier, if any; a failure is logged, not fatal.
+    async fn post(&self, text: &str, which: &str) {
+        if let Some(notifier) = &self.publish.notifier
+            && let Err(e) = notify(notifier, text, &self.retry).await
+        {
+            tracing::warn!(error = %e, "run {which} message not posted");
+        }
     }
 
     /// Streams the snapshot on a blocking thread, sending valid rows as jobs (back-pressured by the
@@ -232,8 +261,10 @@ impl LocalRun {
         })
     }
 
-    async fn write_report(&self, store: &FsObjectStore, report: &RunReport) -> Result<(), RunError> {
-        let body = serde_json::to_vec_pretty(report).map_err(|e| RunError::Report(e.to_string()))?;
+    async fn write_report(&self, store: &FsObjectStore, report: &RunReport, interrupted: bool) -> Result<(), RunError> {
+        let state = if interrupted { "interrupted" } else { "complete" };
+        let stored = StoredReport { report, state };
+        let body = serde_json::to_vec_pretty(&stored).map_err(|e| RunError::Report(e.to_string()))?;
         let object = NewObject {
             body: body.into(),
             content_type: "application/json".into(),
@@ -244,51 +275,6 @@ impl LocalRun {
             .put(&report_key(&report.run_id), object)
             .await
             .map_err(|e| RunError::Report(e.to_string()))
-    }
-}
-
-/// Hashes what passes through it.
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-}
-
-impl<R> HashingReader<R> {
-    fn new(inner: R) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-        }
-    }
-
-    /// The reader and the hex digest of everything read.
-    fn finish(self) -> (R, String) {
-        (self.inner, hex::encode(self.hasher.finalize()))
-    }
-}
-
-/// Copies what is read from `inner` into `copy`.
-struct Tee<R> {
-    inner: R,
-    copy: std::io::BufWriter<File>,
-}
-
-impl<R> Tee<R> {
-    /// The copy, flushed and rewound for reading.
-    fn rewound(self) -> std::io::Result<File> {
-        use std::io::Seek;
-        let mut file = self.copy.into_inner().map_err(std::io::IntoInnerError::into_error)?;
-        file.rewind()?;
-        Ok(file)
-    }
-}
-
-impl<R: Read> Read for Tee<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        use std::io::Write;
-        let n = self.inner.read(buf)?;
-        self.copy.write_all(&buf[..n])?;
-        Ok(n)
     }
 }
 
@@ -315,12 +301,16 @@ async fn check_writable(store: &FsObjectStore, out_dir: &Path, run_id: &str) -> 
     Ok(())
 }
 
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
+/// How long calls in flight may go on after an interrupt before they are abandoned.
+pub const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
+
+/// A local report as written: the run's report and whether it ran to its end.
+#[derive(serde::Serialize)]
+struct StoredReport<'a> {
+    #[serde(flatten)]
+    report: &'a RunReport,
+    /// `complete`, or `interrupted` (Ctrl-C): rows not done are failures saying so.
+    state: &'static str,
 }
 
 /// Where a run's report is stored, relative to the output root or bucket.
@@ -331,84 +321,4 @@ pub fn report_key(run_id: &str) -> String {
 /// The local path of a run's report.
 pub fn report_path(out_dir: &Path, run_id: &str) -> PathBuf {
     out_dir.join(report_key(run_id))
-}
-
-struct Worker<'a> {
-    model: &'a ModelInfo,
-    store: &'a FsObjectStore,
-    provider: &'a dyn ImageProvider,
-    run: &'a LocalRun,
-    stopped: &'a AtomicBool,
-}
-
-impl Worker<'_> {
-    /// One job with retries: retryable errors wait (full jitter, Retry-After as a floor) and try again.
-    async fn process(&self, job: Job) -> Result<ImageEntry, FailureEntry> {
-        let (mut attempt, mut waited) = (0, Duration::ZERO);
-        loop {
-            if self.stopped.load(Ordering::Relaxed) {
-                return Err(failure(
-                    &job,
-                    attempt,
-                    "not attempted: the run stopped after the provider refused its credentials".into(),
-                ));
-            }
-            attempt += 1;
-            match generate_image(
-                &job,
-                self.model,
-                self.store,
-                self.provider,
-                self.run.signer.as_deref(),
-                self.run.timeout,
-            )
-            .await
-            {
-                Ok(generated) => {
-                    let path = self
-                        .store
-                        .path_of(&generated.object_key)
-                        .map_or(generated.object_key.clone(), |p| p.display().to_string());
-                    return Ok(generated.into_entry(&job, path));
-                }
-                Err(error) => {
-                    // Retry-After is a floor, but the row waits at most MAX_WAIT_PER_ROW in all.
-                    let wait = self.run.retry.delay(attempt, error.retry_after());
-                    if error.is_retryable()
-                        && self.run.retry.allows_another(attempt)
-                        && waited + wait <= MAX_WAIT_PER_ROW
-                    {
-                        tracing::warn!(row = job.row, attempt, ?wait, %error, "retrying");
-                        tokio::time::sleep(wait).await;
-                        waited += wait;
-                        continue;
-                    }
-                    if error.stops_run() {
-                        self.stopped.store(true, Ordering::Relaxed);
-                    }
-                    tracing::warn!(row = job.row, attempt, %error, "row failed");
-                    return Err(failure(&job, attempt, reason(&error, attempt)));
-                }
-            }
-        }
-    }
-}
-
-/// Why a row failed, with every known secret redacted.
-fn reason(error: &JobError, attempts: u32) -> String {
-    let reason = if error.is_retryable() {
-        format!("{error} (gave up after {attempts} attempts)")
-    } else {
-        error.to_string()
-    };
-    crate::redact::redact(&reason, &[])
-}
-
-fn failure(job: &Job, attempts: u32, reason: String) -> FailureEntry {
-    FailureEntry {
-        row: job.row,
-        key: job.key.to_string(),
-        reason,
-        attempts,
-    }
 }
