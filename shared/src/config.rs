@@ -120,6 +120,13 @@ impl Config {
 
     /// Reads variables through `var` (tests pass a map).
     pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        if let Some(base) = var("CMS_BASE_URL") {
+            crate::publish::check_base_url(&base).map_err(|_| ConfigError::Invalid {
+                name: "CMS_BASE_URL",
+                value: crate::redact::display_url(&base),
+                expected: "an absolute http(s) URL without user name or password",
+            })?;
+        }
         let cms = var("CMS_BASE_URL").map(|base_url| CmsConfig {
             base_url,
             method: var("CMS_METHOD").unwrap_or_else(|| "PATCH".into()),

@@ -621,3 +621,21 @@ mod aws {
         assert!(error.to_string().contains("changed since the run started"), "{error}");
     }
 }
+
+#[test]
+fn the_functions_refuse_a_cms_url_with_userinfo_at_init_without_showing_it() {
+    let vars = [
+        ("IMAGEPIPE_BUCKET", "b"),
+        ("CMS_BASE_URL", "https://admin:hunter2secret@cms.example.com/?token=abc"),
+    ];
+    let error = imagepipe::config::Config::from_lookup(|name| {
+        vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string())
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("CMS_BASE_URL") && error.contains("without user name or password"),
+        "{error}"
+    );
+    assert!(!error.contains("hunter2") && !error.contains("abc"), "{error}");
+}

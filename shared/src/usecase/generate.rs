@@ -7,6 +7,7 @@ use bytes::Bytes;
 use crate::catalog::ModelInfo;
 use crate::image_format::{self, ImageFormat, NotAnImage};
 use crate::job::Job;
+use crate::provider::http::MAX_IMAGE_BYTES;
 use crate::provider::{
     ImageProvider, ImageRequest, ProviderError, ReferenceSigner, check_reference_buckets, reference_buckets_from_env,
     sign_references,
@@ -147,12 +148,16 @@ pub async fn generate_new<S: ObjectStore>(
 /// image. A broken object (empty, an HTML page, cut short) is not reused: the job regenerates it and
 /// the new image replaces it.
 pub async fn existing_image<S: ObjectStore>(store: &S, job: &Job) -> Result<Option<Generated>, StoreError> {
-    if store.find_image(job.key.as_str()).await?.is_none() {
+    let Some(found) = store.find_image(job.key.as_str()).await? else {
         return Ok(None);
-    }
+    };
     // The first format found may be a broken leftover next to a good image in another format.
     for format in ImageFormat::ALL {
         let key = image_key(job.key.as_str(), format);
+        if key == found.key && found.size > MAX_IMAGE_BYTES as u64 {
+            tracing::warn!(object_key = %key, bytes = found.size, "stored image is too large to be one; regenerating");
+            continue;
+        }
         let Some(bytes) = store.get(&key).await? else {
             continue;
         };
