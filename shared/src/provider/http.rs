@@ -147,7 +147,11 @@ pub async fn read_response(
         return Err(status_error(provider, status.as_u16(), &headers, &message));
     }
     match read_limited(response, MAX_RESPONSE_BYTES).await {
-        Ok(body) => Ok(String::from_utf8_lossy(&body).into_owned()),
+        // Without a copy when the body is UTF-8 (it is JSON): answers can be tens of MiB.
+        Ok(body) => {
+            Ok(String::from_utf8(Vec::from(body))
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+        }
         Err(FetchError::TooLarge { limit }) => Err(ProviderError::Rejected {
             message: format!("{provider} answer is larger than {limit} bytes; not read"),
         }),
