@@ -145,12 +145,14 @@ AWS infrastructure on the serverless path (generator {} MB, batch {}, {} s per p
     for cost in &plan.aws_cost {
         writeln!(
             out,
-            "  {:>7} images  ${:>8.4}  (Lambda ${:.4}, SQS ${:.4}, S3 ${:.4}, logs ${:.4}) + provider ${:.2}",
+            "  {:>7} images  ${:>8.4}  (Lambda ${:.4}, SQS ${:.4}, S3 ${:.4}, DynamoDB ${:.4}, logs ${:.4}) \
+             + provider ${:.2}",
             cost.images,
             cost.total_usd,
             cost.lambda_usd,
             cost.sqs_usd,
             cost.s3_usd,
+            cost.dynamodb_usd,
             cost.logs_usd,
             plan.price_per_image * cost.images as f64
         )?;

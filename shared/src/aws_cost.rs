@@ -1,4 +1,5 @@
-//! What a run costs on AWS itself (Lambda, SQS, S3, CloudWatch Logs), next to the provider's bill.
+//! What a run costs on AWS itself (Lambda, SQS, S3, DynamoDB, CloudWatch Logs), next to the
+//! provider's bill.
 //!
 //! Request counts per image are those of this code (see each constant); durations come from a few
 //! parameters a team can change (memory, batch size, provider latency). Prices live in the catalog.
@@ -15,6 +16,10 @@ pub struct AwsPrices {
     /// PUT, COPY, POST and LIST requests.
     pub s3_per_thousand_puts: f64,
     pub s3_per_thousand_gets: f64,
+    /// On-demand write request units.
+    pub dynamodb_per_million_writes: f64,
+    /// On-demand read request units.
+    pub dynamodb_per_million_reads: f64,
     pub logs_per_gb_ingested: f64,
 }
 
@@ -56,10 +61,17 @@ impl Default for AwsUsage {
 /// finalizer's mapping receives and deletes in batches of 10 (0.2).
 const SQS_REQUESTS_FIXED: f64 = 0.1 + 1.0 + 0.2;
 /// S3 PUT-class requests per image: the LIST that looks for an existing image, the generation
-/// lease, the image, the outcome record, and a tenth of a tally.
-const S3_PUTS_PER_IMAGE: f64 = 1.0 + 1.0 + 1.0 + 1.0 + 0.1;
-/// S3 GETs per image: the recorded-outcome check, and the completion's reading of the tallies.
-const S3_GETS_PER_IMAGE: f64 = 1.0 + 0.1;
+/// lease, the image.
+const S3_PUTS_PER_IMAGE: f64 = 1.0 + 1.0 + 1.0;
+/// S3 GETs per image: none on the common path (the run's state is in the ledger).
+const S3_GETS_PER_IMAGE: f64 = 0.0;
+/// DynamoDB write units per image: the outcome item in a transaction (2 units), and per finalizer
+/// batch of 10 the run record's counters in the same transaction (2) and the completion claim's
+/// conditional update (1).
+const DYNAMODB_WRITES_PER_IMAGE: f64 = 2.0 + 0.3;
+/// DynamoDB read units per image: the consistent check for an already recorded row (1), and the
+/// report's Query (items of ~0.5 KB, 4 KB per unit).
+const DYNAMODB_READS_PER_IMAGE: f64 = 1.0 + 0.125;
 
 /// AWS cost of `images` images, in USD, by service.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -68,6 +80,7 @@ pub struct AwsCost {
     pub lambda_usd: f64,
     pub sqs_usd: f64,
     pub s3_usd: f64,
+    pub dynamodb_usd: f64,
     pub logs_usd: f64,
     pub total_usd: f64,
 }
@@ -85,14 +98,19 @@ pub fn aws_cost(images: u64, usage: &AwsUsage, prices: &AwsPrices) -> AwsCost {
     let sqs_usd = n * (SQS_REQUESTS_FIXED + 2.0 / batch) * prices.sqs_per_million_requests / 1e6;
     let s3_usd =
         n * (S3_PUTS_PER_IMAGE * prices.s3_per_thousand_puts + S3_GETS_PER_IMAGE * prices.s3_per_thousand_gets) / 1e3;
+    let dynamodb_usd = n
+        * (DYNAMODB_WRITES_PER_IMAGE * prices.dynamodb_per_million_writes
+            + DYNAMODB_READS_PER_IMAGE * prices.dynamodb_per_million_reads)
+        / 1e6;
     let logs_usd = n * usage.log_bytes_per_image / 1e9 * prices.logs_per_gb_ingested;
     AwsCost {
         images,
         lambda_usd,
         sqs_usd,
         s3_usd,
+        dynamodb_usd,
         logs_usd,
-        total_usd: lambda_usd + sqs_usd + s3_usd + logs_usd,
+        total_usd: lambda_usd + sqs_usd + s3_usd + dynamodb_usd + logs_usd,
     }
 }
 

@@ -18,10 +18,12 @@ pub const SECRET_VARIABLES: [&str; 5] = [
 ];
 
 /// Every variable [`Config::from_env`] reads (besides the secrets and their `_PARAM` forms).
-pub const VARIABLES: [&str; 22] = [
+pub const VARIABLES: [&str; 26] = [
     "IMAGEPIPE_BUCKET",
+    "LEDGER_TABLE",
     "JOBS_QUEUE_URL",
     "EVENTS_QUEUE_URL",
+    "SPLIT_QUEUE_URL",
     "IMAGEPIPE_PROVIDER",
     "MAX_RUN_COST_USD",
     "MAX_ROWS_PER_RUN",
@@ -35,7 +37,9 @@ pub const VARIABLES: [&str; 22] = [
     "CMS_BODY",
     "CMS_MAX_ATTEMPTS",
     "IMAGEPIPE_PUBLIC_BASE_URL",
-    "COMPLETION_CLAIM_TTL_SECS",
+    "SPLIT_ROWS_PER_INVOCATION",
+    "RECONCILE_SILENCE_SECS",
+    "RUN_RETENTION_DAYS",
     // Read by the providers themselves: another API endpoint (a proxy, a region); empty for the default.
     "IMAGEPIPE_GEMINI_BASE_URL",
     "IMAGEPIPE_OPENAI_BASE_URL",
@@ -90,10 +94,14 @@ pub struct CmsConfig {
 /// Everything the three functions read from the environment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// Images and run records are written here.
+    /// Images and reports are written here.
     pub bucket: String,
+    /// The run ledger (DynamoDB table).
+    pub ledger_table: String,
     pub jobs_queue_url: Option<String>,
     pub events_queue_url: Option<String>,
+    /// The splitter's continuations.
+    pub split_queue_url: Option<String>,
     pub provider: Option<String>,
     pub max_run_cost_usd: Option<f64>,
     pub max_rows_per_run: u64,
@@ -106,8 +114,13 @@ pub struct Config {
     pub cms: Option<CmsConfig>,
     pub cms_max_attempts: u32,
     pub public_base_url: Option<String>,
-    /// A completion claim older than this is taken over (its holder crashed).
-    pub claim_ttl: Duration,
+    /// Jobs one splitter invocation sends at most before continuing in a fresh one.
+    pub split_rows_per_invocation: u64,
+    /// A run awaiting outcomes with nothing recorded for this long has lost them (the reconciler
+    /// records them failed).
+    pub reconcile_silence: Duration,
+    /// Ledger items expire this long after their run started.
+    pub run_retention: Duration,
     /// Internal hosts and networks reference and download URLs may reach (`IMAGEPIPE_ALLOW_HOSTS`).
     pub allow_hosts: crate::net::AllowList,
 }
@@ -135,11 +148,13 @@ impl Config {
         });
         Ok(Self {
             bucket: var("IMAGEPIPE_BUCKET").ok_or(ConfigError::Missing("IMAGEPIPE_BUCKET"))?,
+            ledger_table: var("LEDGER_TABLE").ok_or(ConfigError::Missing("LEDGER_TABLE"))?,
             jobs_queue_url: var("JOBS_QUEUE_URL"),
             events_queue_url: var("EVENTS_QUEUE_URL"),
+            split_queue_url: var("SPLIT_QUEUE_URL"),
             provider: var("IMAGEPIPE_PROVIDER"),
             max_run_cost_usd: parse(&var, "MAX_RUN_COST_USD", "a dollar amount such as 25.00")?,
-            max_rows_per_run: parse(&var, "MAX_ROWS_PER_RUN", "a whole number")?.unwrap_or(100_000),
+            max_rows_per_run: parse(&var, "MAX_ROWS_PER_RUN", "a whole number")?.unwrap_or(1_000_000),
             send_concurrency: parse(&var, "SEND_CONCURRENCY", "a whole number")?.unwrap_or(8),
             provider_timeout: Duration::from_secs(
                 parse(&var, "PROVIDER_TIMEOUT_SECS", "whole seconds")?.unwrap_or(120),
@@ -149,7 +164,13 @@ impl Config {
             cms,
             cms_max_attempts: parse(&var, "CMS_MAX_ATTEMPTS", "a whole number")?.unwrap_or(5),
             public_base_url: var("IMAGEPIPE_PUBLIC_BASE_URL"),
-            claim_ttl: Duration::from_secs(parse(&var, "COMPLETION_CLAIM_TTL_SECS", "whole seconds")?.unwrap_or(900)),
+            split_rows_per_invocation: parse(&var, "SPLIT_ROWS_PER_INVOCATION", "a whole number")?.unwrap_or(u64::MAX),
+            reconcile_silence: Duration::from_secs(
+                parse(&var, "RECONCILE_SILENCE_SECS", "whole seconds")?.unwrap_or(3600),
+            ),
+            run_retention: Duration::from_secs(
+                86_400 * parse::<u64>(&var, "RUN_RETENTION_DAYS", "whole days")?.unwrap_or(90),
+            ),
             allow_hosts: crate::net::AllowList::parse(&var("IMAGEPIPE_ALLOW_HOSTS").unwrap_or_default()).map_err(
                 |_| ConfigError::Invalid {
                     name: "IMAGEPIPE_ALLOW_HOSTS",
@@ -174,11 +195,18 @@ impl Config {
             .ok_or(ConfigError::Missing("EVENTS_QUEUE_URL"))
     }
 
-    /// The URL the CMS is given for an image: under the public base URL, else its `s3://` URI.
-    pub fn image_url(&self, object_key: &str) -> String {
-        match &self.public_base_url {
-            Some(base) => format!("{}/{object_key}", base.trim_end_matches('/')),
-            None => format!("s3://{}/{object_key}", self.bucket),
+    /// The splitter's continuation queue URL, required by the splitter.
+    pub fn split_queue_url(&self) -> Result<&str, ConfigError> {
+        self.split_queue_url
+            .as_deref()
+            .ok_or(ConfigError::Missing("SPLIT_QUEUE_URL"))
+    }
+
+    /// Where the deployment's images and reports are.
+    pub fn locations(&self) -> crate::locations::Locations {
+        crate::locations::Locations {
+            bucket: self.bucket.clone(),
+            public_base_url: self.public_base_url.clone(),
         }
     }
 }
@@ -230,27 +258,36 @@ mod tests {
     #[test]
     fn config_names_the_missing_or_malformed_variable() {
         assert_eq!(config(&[]).unwrap_err(), ConfigError::Missing("IMAGEPIPE_BUCKET"));
-        let error = config(&[("IMAGEPIPE_BUCKET", "b"), ("MAX_RUN_COST_USD", "lots")]).unwrap_err();
+        assert_eq!(
+            config(&[("IMAGEPIPE_BUCKET", "b")]).unwrap_err(),
+            ConfigError::Missing("LEDGER_TABLE")
+        );
+        let base = [("IMAGEPIPE_BUCKET", "b"), ("LEDGER_TABLE", "t")];
+        let error = config(&[base[0], base[1], ("MAX_RUN_COST_USD", "lots")]).unwrap_err();
         assert!(error.to_string().contains("MAX_RUN_COST_USD = \"lots\""), "{error}");
-        let ok = config(&[("IMAGEPIPE_BUCKET", "b")]).unwrap();
+        let ok = config(&base).unwrap();
         assert_eq!(ok.jobs_queue_url().unwrap_err(), ConfigError::Missing("JOBS_QUEUE_URL"));
-        assert_eq!((ok.max_rows_per_run, ok.max_receive_count, ok.cms), (100_000, 3, None));
-        let timeouts = config(&[
-            ("IMAGEPIPE_BUCKET", "b"),
-            ("PROVIDER_TIMEOUTS", "gemini=60, openai=180"),
-        ])
-        .unwrap();
+        assert_eq!(
+            (ok.max_rows_per_run, ok.max_receive_count, ok.cms),
+            (1_000_000, 3, None)
+        );
+        assert_eq!(ok.reconcile_silence, Duration::from_secs(3600));
+        let timeouts = config(&[base[0], base[1], ("PROVIDER_TIMEOUTS", "gemini=60, openai=180")]).unwrap();
         assert_eq!(timeouts.provider_timeouts["openai"], Duration::from_secs(180));
-        let error = config(&[("IMAGEPIPE_BUCKET", "b"), ("PROVIDER_TIMEOUTS", "gemini")]).unwrap_err();
+        let error = config(&[base[0], base[1], ("PROVIDER_TIMEOUTS", "gemini")]).unwrap_err();
         assert!(error.to_string().contains("provider=seconds"), "{error}");
     }
 
     #[test]
     fn cms_request_defaults_to_a_patch_of_the_product() {
-        let cms = config(&[("IMAGEPIPE_BUCKET", "b"), ("CMS_BASE_URL", "http://cms")])
-            .unwrap()
-            .cms
-            .unwrap();
+        let cms = config(&[
+            ("IMAGEPIPE_BUCKET", "b"),
+            ("LEDGER_TABLE", "t"),
+            ("CMS_BASE_URL", "http://cms"),
+        ])
+        .unwrap()
+        .cms
+        .unwrap();
         assert_eq!(
             (cms.method.as_str(), cms.path.as_str()),
             ("PATCH", "/api/products/{sku}")

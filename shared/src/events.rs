@@ -1,11 +1,10 @@
-//! What travels between the functions and what a run leaves in the bucket: the events the finalizer
-//! consumes, the run manifest, the split summary and each row's recorded outcome.
+//! What travels between the functions: the events the finalizer consumes and each row's outcome as
+//! the run ledger records it.
 
 use serde::{Deserialize, Serialize};
 
 use crate::job::Job;
 use crate::report::{FailureEntry, ImageEntry};
-use crate::rows::InvalidRow;
 
 /// A message on the events queue. Serialised as JSON with a `type` tag.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,34 +35,6 @@ impl FinalizerInput {
                 .map_err(|_| event_error),
         }
     }
-}
-
-/// Written once when a run starts: what the run is.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunManifest {
-    pub run_id: String,
-    /// `s3://bucket/key` of the CSV.
-    pub source: String,
-    pub etag: String,
-    pub template: String,
-    pub model: String,
-    pub provider: String,
-    /// Unix time in milliseconds.
-    pub started_at_ms: u64,
-}
-
-/// Written when the splitter is done: how many outcomes the run waits for.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SplitSummary {
-    pub run_id: String,
-    pub rows: u64,
-    /// Jobs sent: one outcome each is awaited.
-    pub valid: u64,
-    pub invalid_rows: Vec<InvalidRow>,
-    pub estimated_cost_usd: f64,
-    /// Why no job was sent (over budget, too many rows); `None` for a run that went ahead.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rejected: Option<String>,
 }
 
 /// The recorded outcome of one row, written once.
@@ -120,29 +91,6 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Keys of a run's objects in the bucket.
-pub mod keys {
-    pub fn manifest(run_id: &str) -> String {
-        format!("runs/{run_id}/manifest.json")
-    }
-    pub fn split(run_id: &str) -> String {
-        format!("runs/{run_id}/split.json")
-    }
-    pub fn report(run_id: &str) -> String {
-        format!("runs/{run_id}/report.json")
-    }
-    pub fn outcome(run_id: &str, row: u64) -> String {
-        format!("runs/{run_id}/outcomes/{row:010}.json")
-    }
-    pub fn tallies(run_id: &str) -> String {
-        format!("runs/{run_id}/tallies/")
-    }
-    /// Where the claims and the done-marker of a once-only action of a run live.
-    pub fn once(run_id: &str, action: &str) -> String {
-        format!("runs/{run_id}/once/{action}/")
-    }
 }
 
 #[cfg(test)]

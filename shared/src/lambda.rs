@@ -7,6 +7,7 @@ use aws_config::BehaviorVersion;
 pub struct AwsClients {
     pub s3: aws_sdk_s3::Client,
     pub sqs: aws_sdk_sqs::Client,
+    pub dynamodb: aws_sdk_dynamodb::Client,
     pub ssm: aws_sdk_ssm::Client,
 }
 
@@ -29,6 +30,7 @@ impl AwsClients {
         Self {
             s3: aws_sdk_s3::Client::from_conf(s3),
             sqs: aws_sdk_sqs::Client::new(config),
+            dynamodb: aws_sdk_dynamodb::Client::new(config),
             ssm: aws_sdk_ssm::Client::new(config),
         }
     }
@@ -54,6 +56,15 @@ pub fn init_tracing() {
         .with_ansi(false)
         .without_time()
         .try_init();
+}
+
+/// The run ledger of the deployment (`LEDGER_TABLE`).
+pub fn ledger(clients: &AwsClients, config: &crate::config::Config) -> crate::adapters::dynamodb_ledger::DynamoLedger {
+    crate::adapters::dynamodb_ledger::DynamoLedger::new(
+        clients.dynamodb.clone(),
+        &config.ledger_table,
+        config.run_retention,
+    )
 }
 
 /// Time left before a Lambda deadline given in Unix milliseconds.

@@ -27,6 +27,18 @@ pub trait Notifier: Send + Sync {
     fn post(&self, text: &str) -> impl Future<Output = Result<(), PublishError>> + Send;
 }
 
+impl<T: Cms> Cms for std::sync::Arc<T> {
+    fn update_image(&self, sku: &str, image_url: &str) -> impl Future<Output = Result<(), PublishError>> + Send {
+        (**self).update_image(sku, image_url)
+    }
+}
+
+impl<T: Notifier> Notifier for std::sync::Arc<T> {
+    fn post(&self, text: &str) -> impl Future<Output = Result<(), PublishError>> + Send {
+        (**self).post(text)
+    }
+}
+
 /// By default `PATCH {base}/api/products/{sku}` with `{"image_url": …}` and a Bearer token; method,
 /// path and body are configurable for other CMSs.
 #[derive(Clone)]

@@ -40,6 +40,11 @@ pub struct RecordLimit<R> {
     at: usize,
     cut: u64,
     skipped: u64,
+    /// Input bytes processed and output bytes produced so far.
+    consumed: u64,
+    emitted: u64,
+    /// Where each cut record ended in the output, and input minus output bytes from there on.
+    shifts: Vec<(u64, u64)>,
 }
 
 impl<R: Read> RecordLimit<R> {
@@ -54,6 +59,9 @@ impl<R: Read> RecordLimit<R> {
             at: 0,
             cut: 0,
             skipped: 0,
+            consumed: 0,
+            emitted: 0,
+            shifts: Vec::new(),
         }
     }
 
@@ -62,9 +70,26 @@ impl<R: Read> RecordLimit<R> {
         self.cut
     }
 
-    /// Input bytes not passed on (add them to the parser's byte position for an input offset).
+    /// Input bytes not passed on.
     pub fn bytes_skipped(&self) -> u64 {
         self.skipped
+    }
+
+    /// The input offset of output position `at` (a parser's byte position): later by the bytes
+    /// skipped in the records cut before it.
+    pub fn input_offset(&self, at: u64) -> u64 {
+        let shift = self
+            .shifts
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= at)
+            .map_or(0, |s| s.1);
+        at + shift
+    }
+
+    fn emit(&mut self, byte: u8) {
+        self.ready.push(byte);
+        self.emitted += 1;
     }
 
     fn refill(&mut self) -> io::Result<bool> {
@@ -75,23 +100,25 @@ impl<R: Read> RecordLimit<R> {
         for &byte in &chunk[..n] {
             let (state, ended) = self.state.next(byte);
             self.state = state;
+            self.consumed += 1;
             if self.skipping {
                 if ended {
                     self.skipping = false;
                     self.in_record = 0;
-                    self.ready.push(b'\n');
+                    self.shifts.push((self.emitted, self.consumed - 1 - self.emitted));
+                    self.emit(b'\n');
                 } else {
                     self.skipped += 1;
                 }
                 continue;
             }
-            self.ready.push(byte);
+            self.emit(byte);
             self.in_record = if ended { 0 } else { self.in_record + 1 };
             if self.in_record > self.cap {
                 self.skipping = true;
                 self.cut += 1;
                 if state == State::Quoted {
-                    self.ready.push(b'"'); // close the field so the parser sees the record end
+                    self.emit(b'"'); // close the field so the parser sees the record end
                     self.skipped = self.skipped.saturating_sub(1);
                 }
             }
@@ -138,5 +165,16 @@ mod tests {
         let (out, cut) = limited(csv.as_bytes(), 20);
         assert_eq!(cut, 1);
         assert_eq!(out, "sku,name\nA1,\"xxxxxxxxxxxxxxxxx\"\nA2,ok\n");
+    }
+
+    #[test]
+    fn output_positions_after_a_cut_map_back_to_input_offsets() {
+        let csv = format!("h\n{}\nA2\n", "y".repeat(100));
+        let mut reader = RecordLimit::new(csv.as_bytes(), 10);
+        let mut out = String::new();
+        reader.read_to_string(&mut out).unwrap();
+        let a2_out = out.find("A2").unwrap() as u64;
+        assert_eq!(reader.input_offset(a2_out), csv.find("A2").unwrap() as u64);
+        assert_eq!(reader.input_offset(1), 1);
     }
 }

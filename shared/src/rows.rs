@@ -204,6 +204,19 @@ impl<R: Read> RowReader<R> {
     pub fn rows_read(&self) -> u64 {
         self.row
     }
+
+    /// Byte offset, in the input, of the next record (just past the header before any row is read).
+    pub fn next_offset(&self) -> u64 {
+        // Records cut short (see RecordLimit) were not all passed to the parser.
+        self.reader.get_ref().input_offset(self.reader.position().byte())
+    }
+
+    /// Continues the row count of an earlier reader that had read `rows_read` rows: for an input
+    /// that is the header followed by the rest of the file from that reader's offset.
+    pub fn resume(mut self, rows_read: u64) -> Self {
+        self.row = rows_read;
+        self
+    }
 }
 
 /// Why a key collides with an earlier row's: the same key, or one equal to it ignoring letter case.
@@ -298,6 +311,26 @@ mod tests {
             RowOutcome::Invalid(row) => &row.reason,
             RowOutcome::Valid(row) => panic!("row {} should be invalid", row.row),
         }
+    }
+
+    #[test]
+    fn a_reader_resumed_at_an_offset_reads_the_same_rows_with_the_same_numbers() {
+        let csv = b"sku,name,color\r\na,x,red\r\nb,\"multi\nline\",green\r\nc,z,blue\r\n";
+        let set = TemplateSet::from_toml(TEMPLATES, "t.toml").unwrap();
+        let template = set.get("hero").unwrap();
+        let mut whole = RowReader::open(&csv[..], "f.csv", template).unwrap();
+        let header_end = whole.next_offset() as usize;
+        // A record ends before its line feed: the next read starts with it (a CRLF split in two).
+        assert!(csv[..header_end].starts_with(b"sku,name,color\r"));
+        whole.next_row().unwrap().unwrap();
+        let offset = whole.next_offset() as usize;
+        let rest: Vec<RowOutcome> = std::iter::from_fn(|| whole.next_row()).map(Result::unwrap).collect();
+        let resumed_input = csv[..header_end].chain(&csv[offset..]);
+        let mut resumed = RowReader::open(resumed_input, "f.csv", template).unwrap().resume(1);
+        let again: Vec<RowOutcome> = std::iter::from_fn(|| resumed.next_row()).map(Result::unwrap).collect();
+        assert_eq!(again, rest);
+        assert_eq!(valid(&again[0]).row, 2);
+        assert_eq!(resumed.next_offset() as usize - header_end + offset, csv.len());
     }
 
     #[test]
@@ -406,6 +439,25 @@ mod hostile_tests {
         let expected = format!("row is over {MAX_RECORD_BYTES} bytes; rows are limited to {MAX_ROW_BYTES} bytes");
         assert_eq!(reason(&rows[0]), expected);
         assert!(matches!(&rows[1], RowOutcome::Valid(row) if row.prompt == "cup"));
+    }
+
+    #[test]
+    fn a_checkpoint_after_a_cut_row_resumes_at_the_right_input_offset() {
+        let csv = format!(
+            "sku,name\nA1,\"{}\"\nA2,cup\nA3,bowl\n",
+            "x".repeat(MAX_RECORD_BYTES * 2)
+        );
+        let set = TemplateSet::from_toml(PLAIN, "t.toml").unwrap();
+        let template = set.get("t").unwrap();
+        let mut whole = RowReader::open(csv.as_bytes(), "f.csv", template).unwrap();
+        let header_end = whole.next_offset() as usize;
+        whole.next_row().unwrap().unwrap();
+        let offset = whole.next_offset() as usize;
+        let rest: Vec<RowOutcome> = std::iter::from_fn(|| whole.next_row()).map(Result::unwrap).collect();
+        let resumed_input = csv.as_bytes()[..header_end].chain(&csv.as_bytes()[offset..]);
+        let mut resumed = RowReader::open(resumed_input, "f.csv", template).unwrap().resume(1);
+        let again: Vec<RowOutcome> = std::iter::from_fn(|| resumed.next_row()).map(Result::unwrap).collect();
+        assert_eq!((again.len(), again), (2, rest));
     }
 
     #[test]

@@ -52,8 +52,24 @@ impl StoreError {
     }
 }
 
+/// An object written in parts (an S3 multipart upload), so that it is never held whole: every part
+/// but the last must be at least 5 MiB. Nothing is visible at the key before `finish`.
+pub trait Upload: Send {
+    /// Sends the next part.
+    fn part(&mut self, body: Bytes) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Sends the last part (possibly empty) and makes the object visible.
+    fn finish(self, last: Bytes) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
 /// The object-store port (S3 in AWS, a directory locally).
 pub trait ObjectStore: Send + Sync {
+    /// What [`ObjectStore::upload`] returns.
+    type Upload: Upload;
+
+    /// Starts writing `key` in parts, replacing what is there once finished.
+    fn upload(&self, key: &str, content_type: &str) -> impl Future<Output = Result<Self::Upload, StoreError>> + Send;
+
     /// Writes `object` at `key` only if nothing is there yet (S3 `If-None-Match: *`).
     fn put_if_absent(
         &self,

@@ -1,17 +1,15 @@
 //! The S3 and SQS adapters against the local AWS emulator: conditional writes under races,
-//! listing, image lookup, batched sends and visibility changes, and the once-only claim.
+//! listing, image lookup, batched sends and visibility changes, presigning, secrets and leases.
 
 mod support;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use imagepipe::adapters::s3_store::S3ObjectStore;
 use imagepipe::adapters::sqs_queue::SqsQueue;
 use imagepipe::queue::MessageQueue;
 use imagepipe::store::{NewObject, ObjectStore, PutOutcome, StoreError};
-use imagepipe::usecase::complete::{Once, once};
 
 fn object(body: &str, content_type: &str) -> NewObject {
     NewObject {
@@ -146,42 +144,6 @@ async fn sending_to_a_missing_queue_is_a_permanent_error() {
 }
 
 #[tokio::test]
-async fn a_once_only_action_runs_once_among_concurrent_callers_and_after_a_crash_is_taken_over() {
-    let store = store().await;
-    let runs = AtomicU32::new(0);
-    let attempt = || {
-        once(&store, "runs/r/once/completion/", Duration::from_secs(60), || async {
-            runs.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            Ok::<(), StoreError>(())
-        })
-    };
-    let results = futures::future::join_all((0..6).map(|_| attempt())).await;
-    assert_eq!(runs.load(Ordering::SeqCst), 1);
-    assert_eq!(results.iter().filter(|r| matches!(r, Ok(Once::Ran))).count(), 1);
-    assert_eq!(attempt().await.unwrap(), Once::Done);
-
-    // A holder that crashed (claim written, action never finished) is taken over once its claim is stale.
-    store
-        .put("runs/s/once/completion/claim-000001", object("0", "application/json"))
-        .await
-        .unwrap();
-    let ran = once(&store, "runs/s/once/completion/", Duration::from_secs(60), || async {
-        Ok::<(), StoreError>(())
-    });
-    assert_eq!(ran.await.unwrap(), Once::Ran);
-    // A failed action releases its claim at once.
-    let failed = once(&store, "runs/t/once/x/", Duration::from_secs(60), || async {
-        Err::<(), StoreError>(StoreError::Unavailable("slack down".into()))
-    });
-    assert!(failed.await.is_err());
-    let retried = once(&store, "runs/t/once/x/", Duration::from_secs(60), || async {
-        Ok::<(), StoreError>(())
-    });
-    assert_eq!(retried.await.unwrap(), Once::Ran);
-}
-
-#[tokio::test]
 async fn s3_references_are_presigned_into_urls_a_provider_can_fetch() {
     let store = store().await;
     store
@@ -251,7 +213,7 @@ async fn secrets_named_by_param_variables_are_read_from_ssm_and_missing_ones_are
 
 #[tokio::test]
 async fn a_lease_has_one_holder_until_released_or_expired() {
-    use imagepipe::usecase::complete::{acquire, release};
+    use imagepipe::usecase::lease::{acquire, release};
     let store = store().await;
     let ttl = Duration::from_secs(60);
     let leases = futures::future::join_all((0..6).map(|_| acquire(&store, "leases/p/A1/", ttl))).await;

@@ -13,13 +13,16 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use aws_sdk_sqs::types::QueueAttributeName;
 use imagepipe::config::Config;
 use imagepipe::lambda::AwsClients;
+use imagepipe::ledger::{Checkpoint, RunLedger, RunRecord, SplitTotals};
+use imagepipe::locations::Locations;
 use imagepipe::provider::ProviderError;
 use imagepipe::provider::testing::{Script, ScriptedProvider};
 use imagepipe::publish::{HttpCms, SlackWebhook, http_client};
 use imagepipe::report::RunReport;
 use imagepipe::retry::RetryPolicy;
+use imagepipe::rows::InvalidRow;
 use imagepipe::usecase::deliver::Providers;
-use imagepipe::usecase::finish::Finisher;
+use imagepipe::usecase::record::Recorder;
 use lambda_runtime::{Context, LambdaEvent};
 use wiremock::matchers::{header, method, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -33,6 +36,7 @@ struct Stack {
     jobs: String,
     jobs_dlq: String,
     events: String,
+    split_queue: String,
     splitter: splitter::handler::Deps,
     generator: generator::handler::Deps,
     finalizer: finalizer::handler::Deps,
@@ -53,10 +57,14 @@ impl Stack {
             HashMap::from([(QueueAttributeName::VisibilityTimeout, "1".into())]),
         )
         .await;
+        let split_queue = support::queue(&clients, "split", HashMap::new()).await;
+        let table = support::table(&clients).await;
         let mut vars: HashMap<String, String> = HashMap::from([
             ("IMAGEPIPE_BUCKET".into(), bucket.clone()),
+            ("LEDGER_TABLE".into(), table),
             ("JOBS_QUEUE_URL".into(), jobs.clone()),
             ("EVENTS_QUEUE_URL".into(), events.clone()),
+            ("SPLIT_QUEUE_URL".into(), split_queue.clone()),
             ("JOBS_MAX_RECEIVE_COUNT".into(), MAX_RECEIVE_COUNT.to_string()),
         ]);
         vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -71,24 +79,27 @@ impl Stack {
         };
         let (cms, slack) = (MockServer::start().await, MockServer::start().await);
         let client = http_client(Duration::from_secs(5));
-        let reports = bucket.clone();
         let finalizer = finalizer::handler::Deps {
-            finisher: Finisher {
+            recorder: Recorder {
+                ledger: imagepipe::lambda::ledger(&clients, &config),
                 store: imagepipe::adapters::s3_store::S3ObjectStore::new(clients.s3.clone(), &bucket),
                 cms: Some(HttpCms::new(client.clone(), &cms.uri(), CMS_TOKEN)),
                 notifier: Some(SlackWebhook::new(
                     client,
                     &format!("{}/services/T0/B0/secret", slack.uri()),
                 )),
-                image_url: Box::new(|key| format!("https://cdn.example.test/{key}")),
-                report_location: Box::new(move |run| format!("s3://{reports}/runs/{run}/report.json")),
+                locations: Locations {
+                    bucket: bucket.clone(),
+                    public_base_url: Some("https://cdn.example.test".into()),
+                },
                 cms_max_attempts: 3,
-                claim_ttl: Duration::from_secs(60),
                 notify_retry: RetryPolicy {
                     max_attempts: 2,
                     base: Duration::from_millis(10),
                     cap: Duration::from_millis(10),
                 },
+                silence: config.reconcile_silence,
+                max_run_cost_usd: config.max_run_cost_usd,
             },
         };
         Self {
@@ -98,6 +109,7 @@ impl Stack {
             jobs,
             jobs_dlq,
             events,
+            split_queue,
             generator,
             finalizer,
             provider,
@@ -126,9 +138,32 @@ impl Stack {
     }
 
     async fn split(&self, event: serde_json::Value) -> Vec<splitter::handler::Outcome> {
-        splitter::handler::handle(&self.splitter, LambdaEvent::new(event, context()))
+        let outcomes = splitter::handler::handle(&self.splitter, LambdaEvent::new(event, context()))
             .await
-            .unwrap()
+            .unwrap();
+        serde_json::from_value(outcomes).unwrap()
+    }
+
+    /// One splitter invocation on the continuations queued; false when there were none.
+    async fn continue_once(&self) -> bool {
+        let event = support::receive(&self.clients, &self.split_queue).await;
+        if event.records.is_empty() {
+            return false;
+        }
+        let response = self
+            .invoke_sqs(&event, |e| splitter::handler::handle(&self.splitter, e))
+            .await;
+        support::delete_except(&self.clients, &self.split_queue, &event, &failed_ids(&response)).await;
+        true
+    }
+
+    async fn invoke_sqs<F, Fut>(&self, event: &SqsEvent, handler: F) -> aws_lambda_events::event::sqs::SqsBatchResponse
+    where
+        F: FnOnce(LambdaEvent<serde_json::Value>) -> Fut,
+        Fut: Future<Output = Result<serde_json::Value, lambda_runtime::Error>>,
+    {
+        let payload = serde_json::to_value(event).unwrap();
+        serde_json::from_value(handler(LambdaEvent::new(payload, context())).await.unwrap()).unwrap()
     }
 
     /// One generator invocation on what the jobs queue holds; false when it was empty.
@@ -153,9 +188,9 @@ impl Stack {
                 continue;
             }
             worked = true;
-            let response = finalizer::handler::handle(&self.finalizer, LambdaEvent::new(event.clone(), context()))
-                .await
-                .unwrap();
+            let response = self
+                .invoke_sqs(&event, |e| finalizer::handler::handle(&self.finalizer, e))
+                .await;
             support::delete_except(&self.clients, url, &event, &failed_ids(&response)).await;
         }
         worked
@@ -171,9 +206,11 @@ impl Stack {
                 "the pipeline did not drain"
             );
             let finalizing = futures::future::join_all((0..finalizers).map(|_| self.finalize_once()));
-            let (generated, finalized) = tokio::join!(self.generate_once(), finalizing);
-            let busy = generated || finalized.contains(&true);
+            let (continued, generated, finalized) =
+                tokio::join!(self.continue_once(), self.generate_once(), finalizing);
+            let busy = continued || generated || finalized.contains(&true);
             let queued = support::depth(&self.clients, &self.jobs).await
+                + support::depth(&self.clients, &self.split_queue).await
                 + support::depth(&self.clients, &self.events).await
                 + support::depth(&self.clients, &self.jobs_dlq).await;
             idle_rounds = if busy || queued > 0 { 0 } else { idle_rounds + 1 };
@@ -552,30 +589,44 @@ async fn the_sample_finalizer_batch_records_each_outcome_once_and_completes_its_
     cms_accepts(&stack.cms).await;
     slack_accepts(&stack.slack).await;
     let run_id = "run-5f0c2a1d9e8b7c6a";
-    let manifest = serde_json::json!({
-        "run_id": run_id, "source": "s3://imagepipe-example/incoming/product/p.csv", "etag": "e",
-        "template": "product", "model": "placeholder", "provider": "placeholder", "started_at_ms": 0
-    });
-    let summary = serde_json::json!({
-        "run_id": run_id, "rows": 4, "valid": 3, "estimated_cost_usd": 0.0,
-        "invalid_rows": [{ "row": 4, "reason": "column \"color\" is empty" }]
-    });
-    for (key, body) in [("manifest.json", manifest), ("split.json", summary)] {
-        let body = serde_json::to_vec(&body).unwrap();
-        let put = stack
-            .clients
-            .s3
-            .put_object()
-            .bucket(&stack.bucket)
-            .key(format!("runs/{run_id}/{key}"));
-        put.body(body.into()).send().await.unwrap();
-    }
+    let ledger = &stack.finalizer.recorder.ledger;
+    let run = RunRecord::new(
+        run_id,
+        "s3://imagepipe-example/incoming/product/p.csv",
+        "e",
+        "product",
+        "placeholder",
+        "placeholder",
+        imagepipe::events::now_ms(),
+    );
+    ledger.create_run(&run).await.unwrap();
+    let invalid = InvalidRow {
+        row: 4,
+        reason: "column \"color\" is empty".into(),
+    };
+    ledger.record_invalid(run_id, &[invalid]).await.unwrap();
+    let totals = SplitTotals {
+        rows: 4,
+        header_bytes: 20,
+        awaited: 3,
+        invalid: 1,
+        estimated_cost_usd: 0.0,
+        rejected: None,
+    };
+    ledger.set_totals(run_id, &totals).await.unwrap();
+    let start = Checkpoint::default();
+    assert!(
+        ledger
+            .advance(run_id, start, Checkpoint { sent: 3, ..start }, true)
+            .await
+            .unwrap()
+    );
     let event: SqsEvent = serde_json::from_str(include_str!("../../events/sqs-events.json")).unwrap();
     for _ in 0..2 {
         // Delivered twice: the second delivery changes nothing.
-        let response = finalizer::handler::handle(&stack.finalizer, LambdaEvent::new(event.clone(), context()))
-            .await
-            .unwrap();
+        let response = stack
+            .invoke_sqs(&event, |e| finalizer::handler::handle(&stack.finalizer, e))
+            .await;
         assert!(response.batch_item_failures.is_empty());
     }
     let report = stack.report(run_id).await;
@@ -591,4 +642,55 @@ async fn the_sample_finalizer_batch_records_each_outcome_once_and_completes_its_
     assert_eq!(stack.cms_patches().await, vec!["/api/products/SKU-1001"]);
     let texts = stack.slack_texts().await;
     assert_eq!(texts.iter().filter(|t| t.contains("finished")).count(), 1, "{texts:?}");
+}
+
+#[tokio::test]
+async fn refused_credentials_halt_the_run_across_generators_and_the_rest_is_not_attempted() {
+    let unauthorized = ProviderError::Unauthorized {
+        message: "HTTP 401: API key not valid".into(),
+    };
+    let stack = Stack::new(
+        ScriptedProvider::default().on("Product", Script::Always(unauthorized)),
+        &[],
+    )
+    .await;
+    cms_accepts(&stack.cms).await;
+    slack_accepts(&stack.slack).await;
+    let mut csv = String::from("sku,name,color\n");
+    for n in 1..=120 {
+        csv.push_str(&format!("SKU-{n},Product {n},red\n"));
+    }
+    let event = stack.upload("incoming/product/many.csv", &csv).await;
+    let split = stack.split(event).await;
+    assert_eq!(split[0].jobs_sent, 120);
+    stack.drain(3).await;
+
+    let report = stack.report(&split[0].run_id).await;
+    assert_eq!((report.rows, report.succeeded, report.failed), (120, 0, 120));
+    let calls = stack.provider.total_calls();
+    assert!(
+        calls <= 30,
+        "the provider was called {calls} times after the first refusal"
+    );
+    assert!(
+        report
+            .stopped
+            .as_deref()
+            .unwrap_or_default()
+            .contains("refused the credentials"),
+        "{report:?}"
+    );
+    let not_attempted = report
+        .failure_reasons
+        .iter()
+        .find(|r| r.reason.starts_with("not attempted"))
+        .unwrap();
+    assert_eq!(not_attempted.rows, 120 - u64::from(calls));
+    let texts = stack.slack_texts().await;
+    let finished: Vec<&String> = texts.iter().filter(|t| t.contains("finished")).collect();
+    assert_eq!(finished.len(), 1, "{texts:?}");
+    assert!(
+        finished[0].contains("Stopped: provider refused the credentials"),
+        "{finished:?}"
+    );
 }

@@ -613,10 +613,14 @@ mod aws {
             "incoming/product/p.csv",
             &etag,
         );
-        assert!(source.open().await.is_ok());
+        assert!(source.open_range(0, None).await.is_ok());
 
         put("sku,name,color\nB1,evil,black\n").await.unwrap();
-        let error = source.open().await.err().expect("the replaced CSV is refused");
+        let error = source
+            .open_range(0, None)
+            .await
+            .err()
+            .expect("the replaced CSV is refused");
 
         assert!(error.to_string().contains("changed since the run started"), "{error}");
     }

@@ -5,7 +5,9 @@
 //! for Gemini, the CMS and Slack. CSVs are uploaded with the S3 API, and the test waits for the runs'
 //! reports and checks the invariants on what the stack produced. On failure it prints the functions'
 //! CloudWatch logs. The stand-in refuses one product and fails another once, but only for the
-//! `product` template: the clean upload (`product_hero`) must succeed whole.
+//! `product` template: the clean upload (`product_hero`) must succeed whole. Splits go on in
+//! continuations (3 rows per splitter invocation), and one run's completion message first meets a
+//! Slack that never answers: the reconciler's schedule completes it with one message.
 //!
 //! The emulator's known gaps are tested at the handler level instead (tests/tests/aws_pipeline.rs):
 //! it enforces no IAM policy, ignores the arm64 architecture (bootstraps are built for this host),
@@ -178,6 +180,32 @@ async fn wait_for_report(bucket: &str, run_prefix_of: &str, timeout: Duration) -
     }
 }
 
+/// MD5 hex of `bytes`: the ETag S3 gives a single-part upload.
+fn md5_of(bytes: &[u8]) -> String {
+    use md5::Digest;
+    hex_of(&md5::Md5::digest(bytes))
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Waits until Slack has received `n` completion messages.
+async fn wait_for_completions(slack: &MockServer, n: usize, timeout: Duration) {
+    let started = Instant::now();
+    loop {
+        let answered = support::slack_texts(slack)
+            .await
+            .iter()
+            .filter(|t| t.contains("finished"))
+            .count();
+        if answered >= n || started.elapsed() > timeout {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_deployed_stack_runs_uploads_and_schedules_end_to_end() {
     let stage = stage();
@@ -192,8 +220,28 @@ async fn the_deployed_stack_runs_uploads_and_schedules_end_to_end() {
         .respond_with(ResponseTemplate::new(200))
         .mount(&cms)
         .await;
+    let bucket = format!("{stack}-000000000000-us-east-1");
+    // The completion message of the `late` run meets a Slack that never answers (every attempt of
+    // the first finalizer times out), then one that does.
+    let late_key = "incoming/product_hero/late.csv";
+    let late_csv = "sku,name,color\nSKU-9001,Field jacket,olive\nSKU-9002,Wool beanie,rust\n";
+    let late_etag = md5_of(late_csv.as_bytes());
+    let late_run = imagepipe::job::run_id(&[
+        &format!("s3://{bucket}/{late_key}"),
+        &late_etag,
+        "product_hero",
+        "nano-banana-2",
+    ]);
+    Mock::given(method("POST"))
+        .and(body_string_contains(format!("`{late_run}` finished")))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(600)))
+        .up_to_n_times(3)
+        .with_priority(1)
+        .mount(&slack)
+        .await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(200).set_body_string("ok"))
+        .with_priority(5)
         .mount(&slack)
         .await;
     let secrets = format!("/{stack}");
@@ -204,7 +252,6 @@ async fn the_deployed_stack_runs_uploads_and_schedules_end_to_end() {
         &format!("{}/services/T0/B0/stack", slack.uri()),
     )
     .await;
-    let bucket = format!("{stack}-000000000000-us-east-1");
 
     let parameters = [
         "Architecture=x86_64".to_owned(),
@@ -217,6 +264,8 @@ async fn the_deployed_stack_runs_uploads_and_schedules_end_to_end() {
         "PublicBaseUrl=https://images.example.test".to_owned(),
         "GeneratorTimeout=60".to_owned(),
         "ScheduleExpression=rate(1 minute)".to_owned(),
+        "ReconcileSchedule=rate(1 minute)".to_owned(),
+        "SplitRowsPerInvocation=3".to_owned(),
         format!("ScheduleCsv=s3://{bucket}/schedules/articles.csv"),
         "ScheduleTemplate=blog_hero".to_owned(),
     ];
@@ -253,6 +302,7 @@ async fn the_deployed_stack_runs_uploads_and_schedules_end_to_end() {
             include_str!("../../events/products-with-errors.csv"),
         ),
         ("schedules/articles.csv", include_str!("../../events/articles.csv")),
+        (late_key, late_csv),
     ] {
         s3.put_object()
             .bucket(&bucket)
@@ -288,6 +338,38 @@ async fn the_deployed_stack_runs_uploads_and_schedules_end_to_end() {
         faulty.failures
     );
 
+    // A line per row in results.csv, in row order, invalid rows included.
+    let results = s3
+        .get_object()
+        .bucket(&bucket)
+        .key(format!("runs/{}/results.csv", faulty.run_id))
+        .send()
+        .await
+        .unwrap();
+    let results = String::from_utf8(results.body.collect().await.unwrap().into_bytes().to_vec()).unwrap();
+    let rows: Vec<&str> = results.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
+    assert_eq!(rows, ["1", "2", "3", "4", "5", "6", "7", "8"], "{results}");
+    assert_eq!(results.matches(",invalid,").count(), 3, "{results}");
+
+    // The run item in the ledger: complete, every row counted.
+    let outputs_table = outputs["LedgerTableName"].as_str().unwrap();
+    let ledger = imagepipe::adapters::dynamodb_ledger::DynamoLedger::new(
+        support::clients().dynamodb,
+        outputs_table,
+        Duration::from_secs(86_400),
+    );
+    let run = imagepipe::ledger::RunLedger::run(&ledger, &faulty.run_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (run.state, run.succeeded, run.failed, run.checkpoint.sent),
+        (imagepipe::ledger::RunState::Complete, 4, 1, 5)
+    );
+
+    let late = wait_for_report(&bucket, late_key, Duration::from_secs(300)).await;
+    assert_eq!((late.rows, late.succeeded), (2, 2));
+
     let scheduled = wait_for_report(&bucket, "schedules/articles.csv", Duration::from_secs(150)).await;
     assert_eq!(
         (scheduled.template.as_str(), scheduled.failed, scheduled.invalid),
@@ -304,19 +386,21 @@ async fn the_deployed_stack_runs_uploads_and_schedules_end_to_end() {
         .await
         .unwrap();
     let keys: Vec<&str> = images.contents().iter().filter_map(|o| o.key()).collect();
-    assert_eq!(
-        keys.len() as u64,
-        clean.succeeded + faulty.succeeded + scheduled.succeeded,
-        "{keys:?}"
-    );
+    let made = clean.succeeded + faulty.succeeded + scheduled.succeeded + late.succeeded;
+    assert_eq!(keys.len() as u64, made, "{keys:?}");
     // One CMS update per product image; one completion message per run (the schedule may fire again: no new run).
     let patches = cms.received_requests().await.unwrap();
-    assert_eq!(
-        patches.len() as u64,
-        clean.succeeded + faulty.succeeded + scheduled.succeeded
-    );
+    assert_eq!(patches.len() as u64, made);
+    wait_for_completions(&slack, 4 + 3, Duration::from_secs(30)).await;
     let texts = support::slack_texts(&slack).await;
-    assert_eq!(texts.iter().filter(|t| t.contains("finished")).count(), 3, "{texts:#?}");
+    // Slack received the late run's message four times: three attempts it never answered, then one it accepted.
+    let late_texts = texts
+        .iter()
+        .filter(|t| t.contains(&format!("`{late_run}` finished")))
+        .count();
+    assert_eq!(late_texts, 4, "{texts:#?}");
+    let finished = texts.iter().filter(|t| t.contains("finished")).count();
+    assert_eq!(finished, 4 + 3, "one message for each other run: {texts:#?}");
     assert!(
         texts
             .iter()

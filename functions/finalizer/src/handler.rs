@@ -1,28 +1,23 @@
-//! Handles a batch from the events queue or the jobs DLQ: each record through the finish use case,
-//! then, per run touched, the tally and the completion check. A run whose completion step fails
-//! hands all its records back, so the step is tried again.
+//! Handles a batch from the events queue or the jobs DLQ through the record use case (each record's
+//! outcome, then per run the start and completion steps), or — on its schedule — reconciles the
+//! runs whose last events were lost.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use futures::StreamExt;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use imagepipe::adapters::dynamodb_ledger::DynamoLedger;
 use imagepipe::adapters::s3_store::S3ObjectStore;
 use imagepipe::config::{Config, ConfigError, secret};
-use imagepipe::events::{FinalizerInput, Outcome};
-use imagepipe::lambda::AwsClients;
+use imagepipe::events::FinalizerInput;
+use imagepipe::lambda::{AwsClients, ledger};
 use imagepipe::publish::{HttpCms, SlackWebhook, http_client};
 use imagepipe::retry::RetryPolicy;
-use imagepipe::usecase::finish::{Finisher, Handled};
+use imagepipe::usecase::record::{Delivery, Recorder};
 use lambda_runtime::{Error, LambdaEvent};
-use tracing::Instrument;
-
-/// Records handled at once (CMS calls in flight).
-const CONCURRENCY: usize = 16;
 
 /// Built once per container.
 pub struct Deps {
-    pub finisher: Finisher<S3ObjectStore, HttpCms, SlackWebhook>,
+    pub recorder: Recorder<DynamoLedger, S3ObjectStore, HttpCms, SlackWebhook>,
 }
 
 impl Deps {
@@ -42,103 +37,77 @@ impl Deps {
             }
         };
         let notifier = secret("SLACK_WEBHOOK_URL").map(|url| SlackWebhook::new(client, &url));
-        let (images, reports) = (config.clone(), config.bucket.clone());
         Ok(Self {
-            finisher: Finisher {
+            recorder: Recorder {
+                ledger: ledger(clients, &config),
                 store: S3ObjectStore::new(clients.s3.clone(), &config.bucket),
                 cms,
                 notifier,
-                image_url: Box::new(move |key| images.image_url(key)),
-                report_location: Box::new(move |run_id| format!("s3://{reports}/runs/{run_id}/report.json")),
+                locations: config.locations(),
                 cms_max_attempts: config.cms_max_attempts,
-                claim_ttl: config.claim_ttl,
                 notify_retry: RetryPolicy {
                     max_attempts: 3,
                     base: Duration::from_secs(1),
                     cap: Duration::from_secs(5),
                 },
+                silence: config.reconcile_silence,
+                max_run_cost_usd: config.max_run_cost_usd,
             },
         })
     }
 }
 
-/// Handles a batch; returns the records to deliver again.
-pub async fn handle(deps: &Deps, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, Error> {
-    let handled: Vec<(String, Record)> = futures::stream::iter(event.payload.records)
-        .map(|record| async move {
-            let id = record.message_id.clone().unwrap_or_default();
-            let span = tracing::info_span!("record", message_id = %id);
-            (id, handle_record(deps, &record).instrument(span).await)
-        })
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
-    let mut failed: Vec<String> = handled
-        .iter()
-        .filter(|(_, h)| matches!(h, Record::Again))
-        .map(|(id, _)| id.clone())
-        .collect();
-    for (run_id, (ids, outcomes, split)) in by_run(&handled) {
-        if let Err(e) = deps.finisher.settle(&run_id, &outcomes, split).await {
-            tracing::warn!(%run_id, error = %e, "run not settled; its records come back");
-            failed.extend(ids);
+/// An SQS batch (returns the records to deliver again), or the reconciler's schedule.
+pub async fn handle(deps: &Deps, event: LambdaEvent<serde_json::Value>) -> Result<serde_json::Value, Error> {
+    let deadline = event.context.deadline;
+    if event.payload.get("Records").is_none() {
+        let reconciled = deps.recorder.reconcile(deadline).await?;
+        tracing::info!(
+            runs = reconciled.runs,
+            lost_rows = reconciled.lost_rows,
+            stalled_splits = ?reconciled.stalled_splits,
+            "reconciled"
+        );
+        return Ok(serde_json::json!({
+            "runs": reconciled.runs,
+            "lost_rows": reconciled.lost_rows,
+            "stalled_splits": reconciled.stalled_splits,
+        }));
+    }
+    let batch: SqsEvent = serde_json::from_value(event.payload)?;
+    let response = handle_batch(deps, batch, deadline).await;
+    Ok(serde_json::to_value(response)?)
+}
+
+/// Handles the records of a batch; returns the ones to deliver again.
+pub async fn handle_batch(deps: &Deps, batch: SqsEvent, deadline_ms: u64) -> SqsBatchResponse {
+    let mut deliveries = Vec::new();
+    for record in batch.records {
+        let id = record.message_id.clone().unwrap_or_default();
+        let body = record.body.as_deref().unwrap_or_default();
+        let receive_count = record
+            .attributes
+            .get("ApproximateReceiveCount")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(1);
+        match FinalizerInput::parse(body) {
+            Ok(input) => deliveries.push(Delivery {
+                id,
+                input,
+                receive_count,
+            }),
+            // Neither an event nor a job: no row to record it against. Kept in the logs, not retried.
+            Err(e) => tracing::error!(
+                message_id = %id,
+                error = %e,
+                body = %body.chars().take(500).collect::<String>(),
+                "message dropped: not an imagepipe event"
+            ),
         }
     }
     let mut response = SqsBatchResponse::default();
-    for id in failed {
+    for id in deps.recorder.handle_batch(deliveries, deadline_ms).await {
         response.add_failure(id);
     }
-    Ok(response)
-}
-
-/// Per run: the message ids, the outcomes, and whether the run's split event was among them.
-fn by_run(handled: &[(String, Record)]) -> BTreeMap<String, (Vec<String>, Vec<Outcome>, bool)> {
-    let mut runs: BTreeMap<String, (Vec<String>, Vec<Outcome>, bool)> = BTreeMap::new();
-    for (id, record) in handled {
-        let Record::Handled(handled) = record else {
-            continue;
-        };
-        let (run_id, outcome, split) = match handled.as_ref() {
-            Handled::Outcome { run_id, outcome } => (run_id, Some(outcome), false),
-            Handled::Split { run_id } => (run_id, None, true),
-        };
-        let run = runs.entry(run_id.clone()).or_default();
-        run.0.push(id.clone());
-        run.1.extend(outcome.cloned());
-        run.2 |= split;
-    }
-    runs
-}
-
-/// What became of one record.
-enum Record {
-    Handled(Box<Handled>),
-    /// Deleted without effect.
-    Dropped,
-    /// To be delivered again.
-    Again,
-}
-
-async fn handle_record(deps: &Deps, record: &SqsMessage) -> Record {
-    let body = record.body.as_deref().unwrap_or_default();
-    let input = match FinalizerInput::parse(body) {
-        Ok(input) => input,
-        Err(e) => {
-            // Neither an event nor a job: no row to record it against. Kept in the logs, not retried.
-            tracing::error!(error = %e, body = %body.chars().take(500).collect::<String>(), "message dropped: not an imagepipe event");
-            return Record::Dropped;
-        }
-    };
-    let receive_count = record
-        .attributes
-        .get("ApproximateReceiveCount")
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(1);
-    match deps.finisher.handle(input, receive_count).await {
-        Ok(handled) => Record::Handled(Box::new(handled)),
-        Err(e) => {
-            tracing::warn!(error = %e, receive_count, "record comes back later");
-            Record::Again
-        }
-    }
+    response
 }

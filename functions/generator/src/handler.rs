@@ -7,15 +7,17 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::StreamExt;
 use std::sync::Arc;
 
+use imagepipe::adapters::dynamodb_ledger::DynamoLedger;
 use imagepipe::adapters::s3_store::{S3ObjectStore, S3Signer};
 use imagepipe::adapters::sqs_queue::SqsQueue;
 use imagepipe::catalog::Catalog;
 use imagepipe::config::{Config, ConfigError};
 use imagepipe::job::Job;
-use imagepipe::lambda::{AwsClients, time_left};
+use imagepipe::lambda::{AwsClients, ledger, time_left};
 use imagepipe::queue::MessageQueue;
 use imagepipe::retry::RetryPolicy;
 use imagepipe::usecase::deliver::{Disposition, Generator, Providers};
+use imagepipe::usecase::stops::RunStops;
 use lambda_runtime::{Error, LambdaEvent};
 use tracing::Instrument;
 
@@ -24,7 +26,7 @@ const REFERENCE_URL_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// Built once per container.
 pub struct Deps {
-    pub generator: Generator<S3ObjectStore, SqsQueue>,
+    pub generator: Generator<S3ObjectStore, SqsQueue, DynamoLedger>,
     /// For the back-off of retried records.
     pub jobs: SqsQueue,
 }
@@ -44,6 +46,7 @@ impl Deps {
             jobs: SqsQueue::new(clients.sqs.clone(), config.jobs_queue_url()?),
             generator: Generator {
                 events: SqsQueue::new(clients.sqs.clone(), config.events_queue_url()?),
+                stops: RunStops::new(ledger(clients, &config)),
                 store,
                 catalog: Catalog::builtin(),
                 providers: Providers::new(config.provider),

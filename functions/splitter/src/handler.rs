@@ -1,21 +1,29 @@
-//! Decodes the trigger (S3 `ObjectCreated` or a scheduled run input), picks template and model, and
-//! runs the split use case.
+//! Decodes the trigger (S3 `ObjectCreated`, a scheduled run input, or continuations from the
+//! splitter's own queue), picks template and model, and runs the split use case.
+
+use std::time::Duration;
 
 use aws_lambda_events::event::s3::S3Event;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use imagepipe::adapters::dynamodb_ledger::DynamoLedger;
 use imagepipe::adapters::s3_store::{S3Csv, S3ObjectStore};
 use imagepipe::adapters::sqs_queue::SqsQueue;
 use imagepipe::catalog::Catalog;
 use imagepipe::config::{Config, ConfigError};
-use imagepipe::lambda::AwsClients;
-use imagepipe::template::TemplateSet;
-use imagepipe::usecase::split::{CsvSource, SplitSettings, Splitter};
+use imagepipe::lambda::{AwsClients, ledger};
+use imagepipe::ledger::RunLedger;
+use imagepipe::template::{Template, TemplateSet};
+use imagepipe::usecase::split::{Continuation, CsvSource, Split, SplitSettings, Splitter};
 use lambda_runtime::{Error, LambdaEvent};
 use serde::{Deserialize, Serialize};
+
+/// An invocation stops sending this long before its deadline and continues in a fresh one.
+const RESERVE: Duration = Duration::from_secs(30);
 
 /// Built once per container.
 pub struct Deps {
     pub clients: AwsClients,
-    pub splitter: Splitter<S3ObjectStore, SqsQueue, SqsQueue>,
+    pub splitter: Splitter<SqsQueue, SqsQueue, SqsQueue, DynamoLedger>,
     pub templates: TemplateSet,
 }
 
@@ -24,19 +32,33 @@ impl Deps {
         Ok(Self {
             clients: clients.clone(),
             splitter: Splitter {
-                store: S3ObjectStore::new(clients.s3.clone(), &config.bucket),
                 jobs: SqsQueue::new(clients.sqs.clone(), config.jobs_queue_url()?),
                 events: SqsQueue::new(clients.sqs.clone(), config.events_queue_url()?),
+                continuations: SqsQueue::new(clients.sqs.clone(), config.split_queue_url()?),
+                ledger: ledger(clients, &config),
                 catalog: Catalog::builtin(),
                 settings: SplitSettings {
                     provider: config.provider,
                     max_run_cost_usd: config.max_run_cost_usd,
                     max_rows: config.max_rows_per_run,
                     send_concurrency: config.send_concurrency,
+                    reserve: RESERVE,
+                    rows_per_invocation: config.split_rows_per_invocation,
                 },
             },
             templates: TemplateSet::builtin(),
         })
+    }
+
+    fn template(&self, name: Option<&str>) -> Result<&Template, String> {
+        match name {
+            None => Err(format!(
+                "no template: upload the CSV as incoming/<template>/<name>.csv or name one in the schedule's input; \
+                 templates: {}",
+                self.templates.names().collect::<Vec<_>>().join(", ")
+            )),
+            Some(name) => self.templates.get(name).map_err(|e| e.to_string()),
+        }
     }
 }
 
@@ -62,15 +84,32 @@ pub struct Request {
 }
 
 /// What one CSV became, returned to the invoker.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
     pub csv: String,
     pub run_id: String,
     pub jobs_sent: u64,
-    pub invalid_rows: usize,
+    pub invalid_rows: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rejected: Option<String>,
     pub duplicate: bool,
+    /// The split goes on in a fresh invocation (a continuation message).
+    pub continued: bool,
+}
+
+impl Outcome {
+    fn of(csv: &str, split: Split) -> Self {
+        let totals = split.totals.unwrap_or_default();
+        Self {
+            csv: csv.to_owned(),
+            run_id: split.run_id,
+            jobs_sent: split.sent,
+            invalid_rows: totals.invalid,
+            rejected: totals.rejected,
+            duplicate: split.duplicate,
+            continued: split.continued,
+        }
+    }
 }
 
 /// The requests in an event: S3 records (keys arrive URL-encoded) or one scheduled run.
@@ -149,16 +188,28 @@ fn url_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Splits every CSV the event names.
-pub async fn handle(deps: &Deps, event: LambdaEvent<serde_json::Value>) -> Result<Vec<Outcome>, Error> {
+/// Splits every CSV the event names, or goes on with the runs of a batch of continuations.
+pub async fn handle(deps: &Deps, event: LambdaEvent<serde_json::Value>) -> Result<serde_json::Value, Error> {
+    let deadline = event.context.deadline;
+    if is_sqs(&event.payload) {
+        let batch: SqsEvent = serde_json::from_value(event.payload)?;
+        return Ok(serde_json::to_value(continue_runs(deps, batch, deadline).await)?);
+    }
     let mut outcomes = Vec::new();
     for request in requests(event.payload)? {
-        outcomes.push(split_one(deps, request).await?);
+        outcomes.push(split_one(deps, request, deadline).await?);
     }
-    Ok(outcomes)
+    Ok(serde_json::to_value(outcomes)?)
 }
 
-async fn split_one(deps: &Deps, request: Request) -> Result<Outcome, Error> {
+fn is_sqs(event: &serde_json::Value) -> bool {
+    event
+        .pointer("/Records/0/eventSource")
+        .and_then(|s| s.as_str())
+        .is_some_and(|s| s == "aws:sqs")
+}
+
+async fn split_one(deps: &Deps, request: Request, deadline: u64) -> Result<Outcome, Error> {
     let source_store = S3ObjectStore::new(deps.clients.s3.clone(), &request.bucket);
     let etag = match request.etag {
         Some(etag) => etag,
@@ -168,22 +219,55 @@ async fn split_one(deps: &Deps, request: Request) -> Result<Outcome, Error> {
             .ok_or_else(|| format!("{} does not exist", source_store.uri(&request.key)))?,
     };
     let source = S3Csv::new(source_store, &request.key, &etag);
-    let template = match &request.template {
-        None => Err(format!(
-            "no template: upload the CSV as incoming/<template>/<name>.csv or name one in the schedule's input; templates: {}",
-            deps.templates.names().collect::<Vec<_>>().join(", ")
-        )),
-        Some(name) => deps.templates.get(name).map_err(|e| e.to_string()),
+    let template = deps.template(request.template.as_deref());
+    let split = deps
+        .splitter
+        .split(&source, template, request.model.as_deref(), deadline)
+        .await?;
+    Ok(Outcome::of(source.name(), split))
+}
+
+/// Continues each run named by the batch; a run that could not go on comes back.
+async fn continue_runs(deps: &Deps, batch: SqsEvent, deadline: u64) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    for record in batch.records {
+        let id = record.message_id.clone().unwrap_or_default();
+        let body = record.body.as_deref().unwrap_or_default();
+        let Ok(continuation) = serde_json::from_str::<Continuation>(body) else {
+            tracing::error!(message_id = %id, body = %body.chars().take(500).collect::<String>(), "not a continuation; dropped");
+            continue;
+        };
+        if let Err(e) = continue_run(deps, &continuation, deadline).await {
+            tracing::warn!(run_id = %continuation.continue_run, error = %e, "split not continued; trying again later");
+            response.add_failure(id);
+        }
+    }
+    response
+}
+
+async fn continue_run(deps: &Deps, continuation: &Continuation, deadline: u64) -> Result<(), Error> {
+    let run_id = continuation.continue_run.as_str();
+    let Some(run) = deps.splitter.ledger.run(run_id).await? else {
+        return Err(format!("run {run_id} is not in the ledger").into());
     };
-    let split = deps.splitter.split(&source, template, request.model.as_deref()).await?;
-    Ok(Outcome {
-        csv: source.name().to_owned(),
-        run_id: split.run_id,
-        jobs_sent: split.sent,
-        invalid_rows: split.summary.invalid_rows.len(),
-        rejected: split.summary.rejected,
-        duplicate: split.duplicate,
-    })
+    let (bucket, key) = run
+        .source
+        .strip_prefix("s3://")
+        .and_then(|rest| rest.split_once('/'))
+        .ok_or_else(|| format!("run {run_id} has source {:?}, not an s3:// URI", run.source))?;
+    let source = S3Csv::new(S3ObjectStore::new(deps.clients.s3.clone(), bucket), key, &run.etag);
+    let template = deps.template(Some(&run.template));
+    let split = deps
+        .splitter
+        .resume(run_id, Some(continuation.rows_read), &source, template, deadline)
+        .await?;
+    tracing::info!(
+        run_id,
+        sent = split.sent,
+        continued = split.continued,
+        "split continued"
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::path::{Component, Path, PathBuf};
 use bytes::Bytes;
 
 use crate::image_format::ImageFormat;
-use crate::store::{NewObject, ObjectStore, PutOutcome, StoreError, StoredObject, image_stem};
+use crate::store::{NewObject, ObjectStore, PutOutcome, StoreError, StoredObject, Upload, image_stem};
 
 /// Objects are files below `root`; a key's `/` are directories.
 #[derive(Debug, Clone)]
@@ -72,7 +72,46 @@ fn collect_keys(root: &Path, dir: &Path, keys: &mut Vec<String>) -> Result<(), S
     Ok(())
 }
 
+/// A file written part by part into a temporary file, renamed into place by `finish`.
+#[derive(Debug)]
+pub struct FsUpload {
+    temp: PathBuf,
+    path: PathBuf,
+    file: tokio::fs::File,
+}
+
+impl Upload for FsUpload {
+    async fn part(&mut self, body: Bytes) -> Result<(), StoreError> {
+        tokio::io::AsyncWriteExt::write_all(&mut self.file, &body)
+            .await
+            .map_err(|e| io_error(&self.temp, e))
+    }
+
+    async fn finish(mut self, last: Bytes) -> Result<(), StoreError> {
+        self.part(last).await?;
+        tokio::io::AsyncWriteExt::flush(&mut self.file)
+            .await
+            .map_err(|e| io_error(&self.temp, e))?;
+        tokio::fs::rename(&self.temp, &self.path)
+            .await
+            .map_err(|e| io_error(&self.path, e))
+    }
+}
+
 impl ObjectStore for FsObjectStore {
+    type Upload = FsUpload;
+
+    async fn upload(&self, key: &str, _content_type: &str) -> Result<FsUpload, StoreError> {
+        let path = self.path_of(key)?;
+        let temp = self.write_temp(&path, &Bytes::new()).await?;
+        let file = tokio::fs::OpenOptions::new()
+            .append(true)
+            .open(&temp)
+            .await
+            .map_err(|e| io_error(&temp, e))?;
+        Ok(FsUpload { temp, path, file })
+    }
+
     #[tracing::instrument(skip(self, object), fields(bytes = object.body.len()))]
     async fn put_if_absent(&self, key: &str, object: NewObject) -> Result<PutOutcome, StoreError> {
         let path = self.path_of(key)?;

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tokio::io::AsyncRead;
 
 use crate::image_format::ImageFormat;
-use crate::store::{NewObject, ObjectStore, PutOutcome, StoreError, StoredObject, image_stem};
+use crate::store::{NewObject, ObjectStore, PutOutcome, StoreError, StoredObject, Upload, image_stem};
 
 /// One bucket of S3 (or anything speaking its API).
 #[derive(Debug, Clone)]
@@ -109,7 +109,136 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// A multipart upload, started with the first full part; an object of one part is one PutObject.
+#[derive(Debug)]
+pub struct S3Upload {
+    client: Client,
+    bucket: String,
+    key: String,
+    content_type: String,
+    upload_id: Option<String>,
+    parts: Vec<aws_sdk_s3::types::CompletedPart>,
+}
+
+impl S3Upload {
+    async fn send_part(&mut self, body: Bytes) -> Result<(), StoreError> {
+        let upload_id = match &self.upload_id {
+            Some(id) => id.clone(),
+            None => {
+                let created = self
+                    .client
+                    .create_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&self.key)
+                    .content_type(&self.content_type)
+                    .send()
+                    .await
+                    .map_err(store_error)?;
+                let id = created.upload_id.unwrap_or_default();
+                self.upload_id = Some(id.clone());
+                id
+            }
+        };
+        let number = self.parts.len() as i32 + 1;
+        let sent = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&upload_id)
+            .part_number(number)
+            .body(ByteStream::from(body))
+            .send()
+            .await;
+        match sent {
+            Ok(part) => {
+                let completed = aws_sdk_s3::types::CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(part.e_tag)
+                    .build();
+                self.parts.push(completed);
+                Ok(())
+            }
+            Err(e) => {
+                self.abort().await;
+                Err(store_error(e))
+            }
+        }
+    }
+
+    /// Drops the parts sent so far (they would be billed until the bucket's lifecycle rule removes them).
+    async fn abort(&self) {
+        if let Some(id) = &self.upload_id {
+            let aborted = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .upload_id(id)
+                .send()
+                .await;
+            if let Err(e) = aborted {
+                tracing::warn!(error = %error_chain(&e), key = %self.key, "multipart upload not aborted");
+            }
+        }
+    }
+}
+
+impl Upload for S3Upload {
+    async fn part(&mut self, body: Bytes) -> Result<(), StoreError> {
+        self.send_part(body).await
+    }
+
+    async fn finish(mut self, last: Bytes) -> Result<(), StoreError> {
+        if self.upload_id.is_none() {
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .content_type(&self.content_type)
+                .body(ByteStream::from(last))
+                .send()
+                .await
+                .map_err(store_error)?;
+            return Ok(());
+        }
+        if !last.is_empty() {
+            self.send_part(last).await?;
+        }
+        let upload = aws_sdk_s3::types::CompletedMultipartUpload::builder()
+            .set_parts(Some(std::mem::take(&mut self.parts)))
+            .build();
+        let completed = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(self.upload_id.clone().unwrap_or_default())
+            .multipart_upload(upload)
+            .send()
+            .await;
+        if let Err(e) = completed {
+            self.abort().await;
+            return Err(store_error(e));
+        }
+        Ok(())
+    }
+}
+
 impl ObjectStore for S3ObjectStore {
+    type Upload = S3Upload;
+
+    async fn upload(&self, key: &str, content_type: &str) -> Result<S3Upload, StoreError> {
+        Ok(S3Upload {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            content_type: content_type.to_owned(),
+            upload_id: None,
+            parts: Vec::new(),
+        })
+    }
+
     #[tracing::instrument(skip(self, object), fields(bytes = object.body.len()))]
     async fn put_if_absent(&self, key: &str, object: NewObject) -> Result<PutOutcome, StoreError> {
         match self.put_request(key, object).if_none_match("*").send().await {
@@ -212,27 +341,36 @@ impl crate::usecase::split::CsvSource for S3Csv {
         &self.version
     }
 
-    async fn open(&self) -> Result<Box<dyn std::io::Read + Send>, StoreError> {
-        // If-Match: every read of a run sees the object the run started from, or fails.
-        let mut request = self.store.client.get_object().bucket(&self.store.bucket).key(&self.key);
-        if !self.version.is_empty() {
-            request = request.if_match(format!("\"{}\"", self.version.trim_matches('"')));
-        }
-        let body = match request.send().await {
-            Ok(output) => output.body.into_async_read(),
-            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => {
-                return Err(StoreError::Failed(format!(
-                    "{} changed since the run started (ETag {}); the run stopped — upload it again for a new run",
-                    self.name, self.version
-                )));
-            }
-            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
-                return Err(StoreError::Failed(format!("{} does not exist", self.name)));
-            }
-            Err(e) => return Err(store_error(e)),
+    #[tracing::instrument(skip(self), fields(csv = %self.name))]
+    async fn open_range(&self, start: u64, end: Option<u64>) -> Result<Box<dyn std::io::Read + Send>, StoreError> {
+        let range = match end {
+            Some(end) if end <= start => return Ok(Box::new(std::io::empty())),
+            Some(end) => format!("bytes={start}-{}", end - 1),
+            None => format!("bytes={start}-"),
         };
-        // Read on a blocking thread (the CSV parser is synchronous), fed by the async body.
-        Ok(Box::new(tokio_util::io::SyncIoBridge::new(body)))
+        // If-Match: every read of a run sees the version the run started from, or fails.
+        let result = (self.store.client.get_object())
+            .bucket(&self.store.bucket)
+            .key(&self.key)
+            .range(range)
+            .if_match(format!("\"{}\"", self.version))
+            .send()
+            .await;
+        match result {
+            // Read on a blocking thread (the CSV parser is synchronous), fed by the async body.
+            Ok(output) => Ok(Box::new(tokio_util::io::SyncIoBridge::new(
+                output.body.into_async_read(),
+            ))),
+            Err(e) if e.code() == Some("InvalidRange") => Ok(Box::new(std::io::empty())),
+            Err(e) if e.code() == Some("PreconditionFailed") => Err(StoreError::Failed(format!(
+                "{} changed since the run started (ETag {}): upload it again to start a new run",
+                self.name, self.version
+            ))),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
+                Err(StoreError::Failed(format!("{} does not exist", self.name)))
+            }
+            Err(e) => Err(store_error(e)),
+        }
     }
 }
 

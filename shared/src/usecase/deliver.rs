@@ -11,13 +11,15 @@ use crate::catalog::Catalog;
 use crate::catalog::ModelInfo;
 use crate::events::PipelineEvent;
 use crate::job::Job;
+use crate::ledger::RunLedger;
 use crate::provider::{self, ImageProvider, ReferenceSigner};
 use crate::queue::MessageQueue;
 use crate::report::FailureEntry;
 use crate::retry::RetryPolicy;
 use crate::store::ObjectStore;
-use crate::usecase::complete::{acquire, release};
 use crate::usecase::generate::{self, Generated, JobError};
+use crate::usecase::lease::{acquire, release};
+use crate::usecase::stops::RunStops;
 
 /// A provider call gets at least this long, or the job is handed back unstarted.
 pub const MIN_CALL_TIME: Duration = Duration::from_secs(10);
@@ -72,9 +74,11 @@ impl Providers {
 }
 
 /// What the generator needs, built once per container.
-pub struct Generator<S, E> {
+pub struct Generator<S, E, L> {
     pub store: S,
     pub events: E,
+    /// Whether each job's run still calls the provider.
+    pub stops: RunStops<L>,
     pub catalog: Catalog,
     pub providers: Providers,
     /// Signs `s3://` reference images.
@@ -90,21 +94,27 @@ pub struct Generator<S, E> {
     pub location: Box<dyn Fn(&str) -> String + Send + Sync>,
 }
 
-impl<S: ObjectStore, E: MessageQueue> Generator<S, E> {
+impl<S: ObjectStore, E: MessageQueue, L: RunLedger> Generator<S, E, L> {
     /// Handles one delivery (`receive_count` from 1) of `job` with `time_left` before the Lambda deadline.
     #[tracing::instrument(skip_all, fields(run_id = %job.run_id, row = job.row, key = %job.key, receive_count))]
     pub async fn deliver(&self, job: &Job, receive_count: u32, time_left: Duration) -> Disposition {
         let Some(budget) = time_left.checked_sub(FINISH_TIME).filter(|t| *t >= MIN_CALL_TIME) else {
             return Disposition::HandBack("too little time left before the function's deadline".into());
         };
-        let result = match self.model_and_provider(job).await {
-            Ok((model, provider)) => {
-                // The call never outlives the invocation: it gets what is left, at most its timeout.
-                let configured = self.provider_timeouts.get(provider.name()).copied();
-                let timeout = configured.unwrap_or(self.provider_timeout).min(budget);
-                self.generate_leased(job, &model, provider.as_ref(), timeout).await
+        let result = if let Some(reason) = self.stops.reason(&job.run_id).await {
+            Err(JobError::Invalid(format!(
+                "not attempted: the run was stopped ({reason})"
+            )))
+        } else {
+            match self.model_and_provider(job).await {
+                Ok((model, provider)) => {
+                    // The call never outlives the invocation: it gets what is left, at most its timeout.
+                    let configured = self.provider_timeouts.get(provider.name()).copied();
+                    let timeout = configured.unwrap_or(self.provider_timeout).min(budget);
+                    self.generate_leased(job, &model, provider.as_ref(), timeout).await
+                }
+                Err(reason) => Err(JobError::Invalid(reason)),
             }
-            Err(reason) => Err(JobError::Invalid(reason)),
         };
         let result = match result {
             Ok(Some(generated)) => Ok(generated),
@@ -132,6 +142,9 @@ impl<S: ObjectStore, E: MessageQueue> Generator<S, E> {
                 return Disposition::RetryAfter(after);
             }
             Err(error) => {
+                if error.stops_run() {
+                    self.stops.stop(&job.run_id, &error.to_string()).await;
+                }
                 let reason = if error.is_retryable() {
                     format!("{error} (gave up after {receive_count} attempts)")
                 } else {

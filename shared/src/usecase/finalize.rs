@@ -43,10 +43,14 @@ pub async fn update_cms<C: Cms>(
     for result in results {
         match result {
             Ok(()) => report.cms_updated += 1,
-            Err(failure) => report.cms_failures.push(failure),
+            Err(failure) => {
+                report.cms_failed += 1;
+                report.cms_failures.push(failure);
+            }
         }
     }
     report.cms_failures.sort_by_key(|f| f.row);
+    report.cms_failures.truncate(crate::report::LISTED);
 }
 
 /// The message that announces a run.
@@ -81,11 +85,11 @@ pub fn completion_message(report: &RunReport, report_location: &str) -> String {
     if let Some(reason) = &report.rejected {
         text.push_str(&format!(" Rejected, nothing generated: {reason}."));
     }
-    if !report.cms_failures.is_empty() {
-        text.push_str(&format!(
-            " CMS updates failed for {} images.",
-            report.cms_failures.len()
-        ));
+    if let Some(reason) = &report.stopped {
+        text.push_str(&format!(" Stopped: {reason}; the rows after it were not attempted."));
+    }
+    if report.cms_failed > 0 {
+        text.push_str(&format!(" CMS updates failed for {} images.", report.cms_failed));
     }
     let problems = report
         .failures

@@ -1,9 +1,11 @@
 //! The use cases, written against the ports so every driver (CLI, Lambda functions) runs the same code.
 
-pub mod complete;
 pub mod deliver;
 pub mod finalize;
-pub mod finish;
 pub mod generate;
+pub mod lease;
 pub mod plan;
+pub mod record;
+pub mod report;
 pub mod split;
+pub mod stops;

@@ -1,29 +1,51 @@
-//! Split: one CSV → one run. Validates and prices every row, enforces the budget, fans the valid rows
-//! out as jobs, and records what the finalizer must wait for.
+//! Split: one CSV → one run. A first pass validates and prices every row (invalid rows go to the
+//! ledger as they are found) and enforces the limits; then the valid rows are sent as jobs, segment
+//! by segment: each invocation sends from the ledger's checkpoint until its time (or row budget) is
+//! spent, moves the checkpoint, and asks for a continuation. A segment is claimed in the ledger, so
+//! a duplicated continuation sends nothing twice.
 
 use std::future::Future;
 use std::io::Read;
+use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::catalog::Catalog;
-use crate::events::{PipelineEvent, RunManifest, SplitSummary, get_json, json_object, keys, now_ms};
+use crate::events::{PipelineEvent, now_ms};
 use crate::job::{Job, run_id};
+use crate::ledger::{Action, Checkpoint, LedgerError, RunLedger, RunRecord, RunState, SplitTotals};
 use crate::queue::{MessageQueue, QueueError};
-use crate::rows::{CsvError, RowOutcome, RowReader};
-use crate::store::{ObjectStore, StoreError};
+use crate::rows::{InvalidRow, RowOutcome, RowReader};
+use crate::store::StoreError;
 use crate::template::Template;
-use crate::usecase::plan::{Plan, plan_csv};
 
-/// Where the CSV comes from; opened once to plan and once to send.
+/// Invalid rows written to the ledger per call during the first pass.
+const INVALID_PER_CALL: usize = 500;
+/// A segment claim outlives its holder's deadline by this much.
+const CLAIM_MARGIN: Duration = Duration::from_secs(10);
+
+/// Where the CSV comes from.
 pub trait CsvSource: Send + Sync {
     /// How messages name the file (`s3://bucket/key`).
     fn name(&self) -> &str;
-    /// What identifies this version of the file (S3 ETag or version id).
+    /// What identifies this version of the file (S3 ETag); reads fail if the file changed since.
     fn version(&self) -> &str;
-    /// A fresh blocking reader from the start of the file.
-    fn open(&self) -> impl Future<Output = Result<Box<dyn Read + Send>, StoreError>> + Send;
+    /// A blocking reader of bytes `start..end` (`None`: to the end) of this version of the file.
+    fn open_range(
+        &self,
+        start: u64,
+        end: Option<u64>,
+    ) -> impl Future<Output = Result<Box<dyn Read + Send>, StoreError>> + Send;
+}
+
+/// A continuation: the run whose split goes on in a fresh invocation, from where.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Continuation {
+    pub continue_run: String,
+    /// The checkpoint it continues from (rows read); a continuation that finds the checkpoint
+    /// elsewhere is a duplicate and does nothing.
+    pub rows_read: u64,
 }
 
 /// How the splitter runs.
@@ -33,21 +55,28 @@ pub struct SplitSettings {
     pub provider: Option<String>,
     /// A run whose estimate is higher is rejected before any job is sent.
     pub max_run_cost_usd: Option<f64>,
-    /// Larger CSVs are rejected: one invocation must send every job within Lambda's 15 minutes.
+    /// Larger CSVs are rejected.
     pub max_rows: u64,
     /// SendMessageBatch calls in flight.
     pub send_concurrency: usize,
+    /// An invocation stops sending this long before its deadline and continues in a fresh one.
+    pub reserve: Duration,
+    /// An invocation sends at most this many rows' jobs before continuing in a fresh one.
+    pub rows_per_invocation: u64,
 }
 
-/// What a split did.
+/// What one invocation did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Split {
     pub run_id: String,
-    /// Jobs sent (0 for a rejected run).
+    /// Jobs sent by this invocation.
     pub sent: u64,
-    pub summary: SplitSummary,
+    /// The file's totals (`None` when another invocation holds the run's split).
+    pub totals: Option<SplitTotals>,
     /// The run was split before (a duplicate event): nothing was sent again.
     pub duplicate: bool,
+    /// The split goes on in a fresh invocation.
+    pub continued: bool,
 }
 
 /// A split could not finish; the event should be retried.
@@ -57,216 +86,353 @@ pub enum SplitError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Queue(#[from] QueueError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
     #[error("CSV reader stopped: {0}")]
     Reader(String),
 }
 
 /// What the splitter needs, built once per container.
-pub struct Splitter<S, Q, E> {
-    /// The run records' bucket.
-    pub store: S,
+pub struct Splitter<Q, E, K, L> {
     pub jobs: Q,
     pub events: E,
+    /// Where continuations go (the splitter's own queue).
+    pub continuations: K,
+    pub ledger: L,
     pub catalog: Catalog,
     pub settings: SplitSettings,
 }
 
-impl<S: ObjectStore, Q: MessageQueue, E: MessageQueue> Splitter<S, Q, E> {
-    /// Splits the CSV of `source` for `template` (or a rejection reason when none could be chosen).
+impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q, E, K, L> {
+    /// Starts (or, for a duplicate event, re-announces) the run of `source` with `template` (or a
+    /// rejection reason when none could be chosen).
     pub async fn split<C: CsvSource>(
         &self,
         source: &C,
         template: Result<&Template, String>,
         model: Option<&str>,
+        deadline_ms: u64,
     ) -> Result<Split, SplitError> {
-        let (store, jobs, events, catalog, settings) =
-            (&self.store, &self.jobs, &self.events, &self.catalog, &self.settings);
         let template_name = template.as_ref().map_or("-", |t| t.name.as_str());
         let model_name = model
             .or(template.as_ref().ok().map(|t| t.model.as_str()))
             .unwrap_or("-");
         let run_id = run_id(&[source.name(), source.version(), template_name, model_name]);
-        if let Some(summary) = get_json::<SplitSummary, _>(store, &keys::split(&run_id)).await? {
+        let provider = self
+            .settings
+            .provider
+            .clone()
+            .or_else(|| self.catalog.model(model_name).ok().map(|m| m.provider.clone()))
+            .unwrap_or_else(|| "-".into());
+        let new = RunRecord::new(
+            &run_id,
+            source.name(),
+            source.version(),
+            template_name,
+            model_name,
+            &provider,
+            now_ms(),
+        );
+        let run = self.ledger.create_run(&new).await?;
+        if run.state != RunState::Splitting {
             tracing::info!(%run_id, "run already split; announcing it again");
-            announce(events, &run_id).await?;
+            self.announce(&run_id).await?;
             return Ok(Split {
                 run_id,
                 sent: 0,
-                summary,
+                totals: run.totals,
                 duplicate: true,
+                continued: false,
             });
         }
-        let provider = settings
-            .provider
-            .clone()
-            .or_else(|| catalog.model(model_name).ok().map(|m| m.provider.clone()))
-            .unwrap_or_else(|| "-".into());
-        let manifest = RunManifest {
-            run_id: run_id.clone(),
-            source: source.name().to_owned(),
-            etag: source.version().to_owned(),
-            template: template_name.to_owned(),
-            model: model_name.to_owned(),
-            provider,
-            started_at_ms: now_ms(),
-        };
-        store
-            .put_if_absent(&keys::manifest(&run_id), json_object(&manifest))
-            .await?;
+        self.resume(&run_id, None, source, template, deadline_ms).await
+    }
 
-        let (summary, sent) = match template {
-            Err(reason) => (rejected(&run_id, reason), 0),
-            Ok(template) => match plan(source, template, model, catalog).await? {
-                Err(reason) => (rejected(&run_id, reason), 0),
-                Ok(plan) => match over_limit(&plan, settings) {
-                    Some(reason) => (rejected_plan(&run_id, &plan, reason), 0),
-                    None => {
-                        let sent = send_jobs(jobs, source, template, &run_id, &plan.model, settings).await?;
-                        (summary_of(&run_id, plan), sent)
-                    }
-                },
-            },
+    /// Sends the next segment of `run_id`'s jobs: from the checkpoint at `rows_read` (a
+    /// continuation; `None` for the first invocation or its retry).
+    pub async fn resume<C: CsvSource>(
+        &self,
+        run_id: &str,
+        rows_read: Option<u64>,
+        source: &C,
+        template: Result<&Template, String>,
+        deadline_ms: u64,
+    ) -> Result<Split, SplitError> {
+        let until = deadline_ms + CLAIM_MARGIN.as_millis() as u64;
+        let nothing = || Split {
+            run_id: run_id.to_owned(),
+            sent: 0,
+            totals: None,
+            duplicate: true,
+            continued: false,
         };
-        if let Some(reason) = &summary.rejected {
-            tracing::warn!(%run_id, %reason, "run rejected");
+        let Some(run) = self.ledger.claim(run_id, Action::Split, now_ms(), until).await? else {
+            tracing::info!(%run_id, "the run's split is held by another invocation or finished");
+            return Ok(nothing());
+        };
+        let result = if rows_read.is_some_and(|r| r != run.checkpoint.rows_read) {
+            tracing::info!(%run_id, "a continuation from another checkpoint; nothing to do");
+            Ok(nothing())
+        } else {
+            self.segment(&run, source, template, deadline_ms).await
+        };
+        if let Err(e) = self.ledger.release(run_id, Action::Split).await {
+            tracing::warn!(error = %e, "split claim not given back; it expires by itself");
         }
-        store.put(&keys::split(&run_id), json_object(&summary)).await?;
-        announce(events, &run_id).await?;
-        tracing::info!(%run_id, sent, invalid = summary.invalid_rows.len(), "run split");
+        result
+    }
+
+    async fn segment<C: CsvSource>(
+        &self,
+        run: &RunRecord,
+        source: &C,
+        template: Result<&Template, String>,
+        deadline_ms: u64,
+    ) -> Result<Split, SplitError> {
+        let run_id = run.run_id.as_str();
+        let totals = match &run.totals {
+            Some(totals) => totals.clone(),
+            None => {
+                let totals = match &template {
+                    Err(reason) => rejected(reason.clone()),
+                    Ok(template) => self.first_pass(run, source, template).await?,
+                };
+                self.ledger.set_totals(run_id, &totals).await?;
+                if let Some(reason) = &totals.rejected {
+                    tracing::warn!(%run_id, %reason, "run rejected");
+                }
+                totals
+            }
+        };
+        let from = run.checkpoint;
+        let (to, finished) = match (&totals.rejected, template) {
+            (None, Ok(template)) => self.send_segment(run, source, template, &totals, deadline_ms).await?,
+            _ => (from, true),
+        };
+        if !self.ledger.advance(run_id, from, to, finished).await? {
+            tracing::warn!(%run_id, "checkpoint moved by another invocation; this one stops");
+        } else if finished {
+            self.announce(run_id).await?;
+            tracing::info!(%run_id, sent = to.sent, invalid = totals.invalid, "run split");
+        } else {
+            let body = serde_json::to_string(&Continuation {
+                continue_run: run_id.to_owned(),
+                rows_read: to.rows_read,
+            })
+            .unwrap_or_default();
+            self.continuations.send_batch(vec![body]).await?;
+            tracing::info!(%run_id, sent = to.sent, rows_read = to.rows_read, "split continues in a fresh invocation");
+        }
         Ok(Split {
-            run_id,
-            sent,
-            summary,
+            run_id: run_id.to_owned(),
+            sent: to.sent - from.sent,
+            totals: Some(totals),
             duplicate: false,
+            continued: !finished,
         })
     }
-}
 
-/// Plans on a blocking thread; a whole-file problem (not UTF-8, no rows, unknown model) is the
-/// user's to fix and becomes the run's rejection reason.
-async fn plan<C: CsvSource>(
-    source: &C,
-    template: &Template,
-    model: Option<&str>,
-    catalog: &Catalog,
-) -> Result<Result<Plan, String>, SplitError> {
-    let input = source.open().await?;
-    let (name, template, model, catalog) = (
-        source.name().to_owned(),
-        template.clone(),
-        model.map(str::to_owned),
-        catalog.clone(),
-    );
-    tokio::task::spawn_blocking(move || plan_csv(input, &name, &template, model.as_deref(), &catalog))
-        .await
-        .map_err(|e| SplitError::Reader(e.to_string()))
-        .map(|planned| planned.map_err(|e| e.to_string()))
-}
-
-fn over_limit(plan: &Plan, settings: &SplitSettings) -> Option<String> {
-    if plan.rows > settings.max_rows {
-        return Some(format!(
-            "{} has {} rows; one run takes at most {} (MAX_ROWS_PER_RUN): split the file",
-            plan.file, plan.rows, settings.max_rows
-        ));
-    }
-    settings
-        .max_run_cost_usd
-        .filter(|&budget| plan.estimated_cost_usd > budget)
-        .map(|budget| {
-            format!(
-                "estimated cost ${:.2} ({} images × ${} on {}) is over the run budget of ${budget:.2} (MAX_RUN_COST_USD)",
-                plan.estimated_cost_usd, plan.valid, plan.price_per_image, plan.model
-            )
-        })
-}
-
-/// Streams the CSV again and sends its valid rows as jobs: batches of the queue's limit, several in flight.
-async fn send_jobs<Q: MessageQueue, C: CsvSource>(
-    jobs: &Q,
-    source: &C,
-    template: &Template,
-    run_id: &str,
-    model: &str,
-    settings: &SplitSettings,
-) -> Result<u64, SplitError> {
-    let input = source.open().await?;
-    let (tx, rx) = mpsc::channel::<String>(Q::BATCH_LIMIT * settings.send_concurrency.max(1) * 4);
-    let (file, template, run_id, model) = (
-        source.name().to_owned(),
-        template.clone(),
-        run_id.to_owned(),
-        model.to_owned(),
-    );
-    let reader = tokio::task::spawn_blocking(move || -> Result<(), CsvError> {
-        let mut rows = RowReader::open(input, &file, &template)?;
-        while let Some(row) = rows.next_row() {
-            if let RowOutcome::Valid(row) = row? {
-                let job = Job::from_row(&run_id, &model, template.size, row);
-                let body = serde_json::to_string(&job).expect("a job always serialises");
-                if tx.blocking_send(body).is_err() {
-                    break; // sending failed; the error is reported below
+    /// Reads the whole file once: counts and prices the rows, keeps the invalid ones in the ledger,
+    /// and decides whether the run may go ahead. A whole-file problem becomes the rejection reason.
+    async fn first_pass<C: CsvSource>(
+        &self,
+        run: &RunRecord,
+        source: &C,
+        template: &Template,
+    ) -> Result<SplitTotals, SplitError> {
+        let price = match self.catalog.model(&run.model) {
+            Ok(info) => info.price_per_image,
+            Err(e) => return Ok(rejected(e.to_string())),
+        };
+        let input = source.open_range(0, None).await?;
+        let (tx, mut rx) = mpsc::channel::<Vec<InvalidRow>>(4);
+        let (file, template) = (source.name().to_owned(), template.clone());
+        let reader = tokio::task::spawn_blocking(move || -> Result<(u64, u64, u64), String> {
+            let mut rows = RowReader::open(input, &file, &template).map_err(|e| e.to_string())?;
+            let header_bytes = rows.next_offset();
+            let (mut valid, mut invalid) = (0, Vec::new());
+            while let Some(row) = rows.next_row() {
+                match row.map_err(|e| e.to_string())? {
+                    RowOutcome::Valid(_) => valid += 1,
+                    RowOutcome::Invalid(row) => invalid.push(row),
+                }
+                if invalid.len() == INVALID_PER_CALL && tx.blocking_send(std::mem::take(&mut invalid)).is_err() {
+                    return Err("the ledger stopped taking invalid rows".into());
                 }
             }
+            if rows.rows_read() == 0 {
+                return Err(format!("{file}: has a header but no data rows"));
+            }
+            let _ = tx.blocking_send(invalid);
+            Ok((rows.rows_read(), valid, header_bytes))
+        });
+        let mut invalid = 0;
+        while let Some(chunk) = rx.recv().await {
+            invalid += chunk.len() as u64;
+            self.ledger.record_invalid(&run.run_id, &chunk).await?;
         }
-        Ok(())
-    });
-    let bodies = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
-    let mut batches = std::pin::pin!(
-        bodies
-            .ready_chunks(Q::BATCH_LIMIT)
-            .map(|batch| async move {
-                let n = batch.len() as u64;
-                jobs.send_batch(batch).await.map(|()| n)
+        let (rows, valid, header_bytes) = match reader.await.map_err(|e| SplitError::Reader(e.to_string()))? {
+            Ok(counts) => counts,
+            Err(reason) => {
+                return Ok(SplitTotals {
+                    invalid,
+                    ..rejected(reason)
+                });
+            }
+        };
+        let totals = SplitTotals {
+            rows,
+            header_bytes,
+            awaited: valid,
+            invalid,
+            estimated_cost_usd: price * valid as f64,
+            rejected: None,
+        };
+        Ok(match self.over_limit(source.name(), &totals, price, &run.model) {
+            Some(reason) => SplitTotals {
+                awaited: 0,
+                rejected: Some(reason),
+                ..totals
+            },
+            None => totals,
+        })
+    }
+
+    fn over_limit(&self, file: &str, totals: &SplitTotals, price: f64, model: &str) -> Option<String> {
+        if totals.rows > self.settings.max_rows {
+            return Some(format!(
+                "{file} has {} rows; one run takes at most {} (MAX_ROWS_PER_RUN): split the file",
+                totals.rows, self.settings.max_rows
+            ));
+        }
+        self.settings
+            .max_run_cost_usd
+            .filter(|&budget| totals.estimated_cost_usd > budget)
+            .map(|budget| {
+                format!(
+                    "estimated cost ${:.2} ({} images × ${price} on {model}) is over the run budget of ${budget:.2} \
+                     (MAX_RUN_COST_USD)",
+                    totals.estimated_cost_usd, totals.awaited
+                )
             })
-            .buffer_unordered(settings.send_concurrency.max(1))
-    );
-    let mut sent = 0;
-    while let Some(batch) = batches.next().await {
-        sent += batch?;
     }
-    match reader.await {
-        Ok(Ok(())) => Ok(sent),
-        Ok(Err(e)) => Err(SplitError::Reader(e.to_string())),
-        Err(e) => Err(SplitError::Reader(e.to_string())),
+
+    /// Sends the jobs of the rows after the checkpoint until the invocation's time or row budget is
+    /// spent; returns the new checkpoint and whether the file is done.
+    async fn send_segment<C: CsvSource>(
+        &self,
+        run: &RunRecord,
+        source: &C,
+        template: &Template,
+        totals: &SplitTotals,
+        deadline_ms: u64,
+    ) -> Result<(Checkpoint, bool), SplitError> {
+        let from = run.checkpoint;
+        let offset = if from.offset == 0 {
+            totals.header_bytes
+        } else {
+            from.offset
+        };
+        let header = source.open_range(0, Some(totals.header_bytes)).await?;
+        let rest = source.open_range(offset, None).await?;
+        let input: Box<dyn Read + Send> = Box::new(header.chain(rest));
+        let rows = read_rows(
+            input,
+            source.name(),
+            template,
+            from.rows_read,
+            totals.header_bytes,
+            offset,
+        );
+        let stop_at = deadline_ms.saturating_sub(self.settings.reserve.as_millis() as u64);
+        let budget = self.settings.rows_per_invocation.max(1);
+        let mut invalid = crate::usecase::report::RowWalk::invalid_after(&self.ledger, &run.run_id, from.rows_read);
+        let mut to = Checkpoint { offset, ..from };
+        let mut finished = true;
+        let mut pending = Vec::new();
+        let mut rows = std::pin::pin!(rows);
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        while let Some(item) = rows.next().await {
+            let (row, next_offset) = item.map_err(SplitError::Reader)?;
+            // The first pass decided which rows are invalid (duplicate keys across the whole file included).
+            if let RowOutcome::Valid(rendered) = row
+                && !invalid.has(rendered.row).await?
+            {
+                let job = Job::from_row(&run.run_id, &run.model, template.size, rendered);
+                pending.push(serde_json::to_string(&job).unwrap_or_default());
+                to.sent += 1;
+            }
+            to.rows_read += 1;
+            to.offset = next_offset;
+            if pending.len() == Q::BATCH_LIMIT {
+                in_flight.push(self.jobs.send_batch(std::mem::take(&mut pending)));
+                while in_flight.len() >= self.settings.send_concurrency.max(1) {
+                    in_flight.next().await.transpose()?;
+                }
+            }
+            if to.rows_read - from.rows_read >= budget || now_ms() >= stop_at {
+                finished = to.rows_read >= totals.rows;
+                break;
+            }
+        }
+        if !pending.is_empty() {
+            in_flight.push(self.jobs.send_batch(pending));
+        }
+        while let Some(sent) = in_flight.next().await {
+            sent?;
+        }
+        Ok((to, finished))
+    }
+
+    async fn announce(&self, run_id: &str) -> Result<(), QueueError> {
+        let event = PipelineEvent::RunSplit {
+            run_id: run_id.to_owned(),
+        };
+        self.events
+            .send_batch(vec![serde_json::to_string(&event).unwrap_or_default()])
+            .await
     }
 }
 
-async fn announce<E: MessageQueue>(events: &E, run_id: &str) -> Result<(), QueueError> {
-    let event = PipelineEvent::RunSplit {
-        run_id: run_id.to_owned(),
-    };
-    events
-        .send_batch(vec![serde_json::to_string(&event).expect("an event always serialises")])
-        .await
+/// Rows from `input` (the header, then the file from `offset`) on a blocking thread, each with the
+/// file offset of the record after it.
+fn read_rows(
+    input: Box<dyn Read + Send>,
+    file: &str,
+    template: &Template,
+    rows_read: u64,
+    header_bytes: u64,
+    offset: u64,
+) -> impl futures::Stream<Item = Result<(RowOutcome, u64), String>> {
+    let (tx, rx) = mpsc::channel(1024);
+    let (file, template) = (file.to_owned(), template.clone());
+    tokio::task::spawn_blocking(move || {
+        let mut rows = match RowReader::open(input, &file, &template) {
+            Ok(rows) => rows.resume(rows_read),
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e.to_string()));
+                return;
+            }
+        };
+        while let Some(row) = rows.next_row() {
+            let item = row
+                .map(|row| (row, offset + rows.next_offset() - header_bytes))
+                .map_err(|e| e.to_string());
+            if tx.blocking_send(item).is_err() {
+                return; // the segment is over
+            }
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }
 
-fn summary_of(run_id: &str, plan: Plan) -> SplitSummary {
-    SplitSummary {
-        run_id: run_id.to_owned(),
-        rows: plan.rows,
-        valid: plan.valid,
-        invalid_rows: plan.invalid_rows,
-        estimated_cost_usd: plan.estimated_cost_usd,
-        rejected: None,
-    }
-}
-
-fn rejected_plan(run_id: &str, plan: &Plan, reason: String) -> SplitSummary {
-    SplitSummary {
-        valid: 0,
+fn rejected(reason: String) -> SplitTotals {
+    SplitTotals {
         rejected: Some(reason),
-        ..summary_of(run_id, plan.clone())
+        ..SplitTotals::default()
     }
 }
 
-fn rejected(run_id: &str, reason: String) -> SplitSummary {
-    SplitSummary {
-        run_id: run_id.to_owned(),
-        rows: 0,
-        valid: 0,
-        invalid_rows: Vec::new(),
-        estimated_cost_usd: 0.0,
-        rejected: Some(reason),
-    }
-}
+#[cfg(test)]
+#[path = "split_tests.rs"]
+mod tests;

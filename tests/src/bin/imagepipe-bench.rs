@@ -7,6 +7,8 @@
 //!   imagepipe-bench split ROWS                        the splitter against a bare SendMessageBatch loop (emulator)
 //!   imagepipe-bench parts ROWS                        per-image cost of each step, in isolation
 //!   imagepipe-bench init BOOTSTRAP                    Lambda init: process start → first invocation/next
+//!   imagepipe-bench pipeline LATENCY_MS CONCURRENCY ROWS  the AWS path with latency injected: requests per image
+//!   imagepipe-bench report ROWS                       report.json + results.csv of a synthetic run of ROWS rows
 //!
 //! The emulator endpoint comes from `IMAGEPIPE_TEST_AWS_ENDPOINT`; the stand-in's from `GEMINI_STAND_IN`.
 
@@ -30,6 +32,9 @@ use imagepipe::template::TemplateSet;
 use imagepipe::usecase::split::{SplitSettings, Splitter};
 use serde_json::json;
 
+#[path = "bench/pipeline.rs"]
+mod pipeline;
+
 type Error = Box<dyn std::error::Error>;
 
 #[tokio::main]
@@ -44,6 +49,8 @@ async fn main() -> Result<(), Error> {
         Some("split") => split(number(1)?).await,
         Some("parts") => parts(number(1)?).await,
         Some("init") => init(args.get(1).ok_or("init BOOTSTRAP")?).await,
+        Some("pipeline") => pipeline::run(number(1)?, number(2)? as usize, number(3)?).await,
+        Some("report") => pipeline::report(number(1)?).await,
         _ => Err("usage: imagepipe-bench serve|local|generator|split|parts|init … (see the module docs)".into()),
     }
 }
@@ -163,6 +170,11 @@ fn ceiling(concurrency: usize, latency_ms: u64) -> f64 {
 fn emulator() -> Result<AwsClients, Error> {
     let endpoint =
         std::env::var("IMAGEPIPE_TEST_AWS_ENDPOINT").map_err(|_| "IMAGEPIPE_TEST_AWS_ENDPOINT is not set")?;
+    Ok(clients_at(&endpoint))
+}
+
+/// SDK clients pointed at `endpoint` (the emulator, or a proxy in front of it), dummy credentials.
+fn clients_at(endpoint: &str) -> AwsClients {
     let config = aws_config::SdkConfig::builder()
         .behavior_version(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
@@ -171,7 +183,31 @@ fn emulator() -> Result<AwsClients, Error> {
             aws_sdk_s3::config::Credentials::new("test", "test", None, None, "emulator"),
         ))
         .build();
-    Ok(AwsClients::new(&config, true))
+    AwsClients::new(&config, true)
+}
+
+/// A run-ledger table named `name`, shaped as the stack's.
+async fn table(clients: &AwsClients, name: &str) -> Result<String, Error> {
+    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+    let attribute = |n: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(n)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+    };
+    let key = |n: &str, kind| KeySchemaElement::builder().attribute_name(n).key_type(kind).build();
+    clients
+        .dynamodb
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attribute("pk")?)
+        .attribute_definitions(attribute("sk")?)
+        .key_schema(key("pk", KeyType::Hash)?)
+        .key_schema(key("sk", KeyType::Range)?)
+        .send()
+        .await?;
+    Ok(name.to_owned())
 }
 
 async fn fresh(clients: &AwsClients, name: &str) -> Result<(String, String), Error> {
@@ -194,6 +230,7 @@ async fn generator(latency_ms: u64, concurrency: usize, rows: u64) -> Result<(),
     let (_, events) = fresh(&clients, "events").await?;
     let vars = std::collections::HashMap::from([
         ("IMAGEPIPE_BUCKET", bucket.clone()),
+        ("LEDGER_TABLE", "unused".to_owned()),
         ("JOBS_QUEUE_URL", jobs.clone()),
         ("EVENTS_QUEUE_URL", events.clone()),
     ]);
@@ -315,24 +352,29 @@ async fn split(rows: u64) -> Result<(), Error> {
         .body(body.into_bytes().into())
         .send()
         .await?;
-    let etag = put.e_tag().unwrap_or_default().trim_matches('"').to_owned();
     let store = S3ObjectStore::new(clients.s3.clone(), &bucket);
+    // The ledger in memory: this measures the fan-out to SQS, which is the splitter's bulk of work.
     let splitter = Splitter {
-        store: store.clone(),
         jobs: SqsQueue::new(clients.sqs.clone(), &jobs),
         events: SqsQueue::new(clients.sqs.clone(), &events),
+        continuations: SqsQueue::new(clients.sqs.clone(), &events),
+        ledger: imagepipe::adapters::memory_ledger::MemoryLedger::new(),
         catalog: Catalog::builtin(),
         settings: SplitSettings {
             provider: None,
             max_run_cost_usd: None,
             max_rows: rows,
             send_concurrency: concurrency,
+            reserve: Duration::from_secs(30),
+            rows_per_invocation: u64::MAX,
         },
     };
     let template = TemplateSet::builtin().get("product")?.clone();
+    let etag = put.e_tag().unwrap_or_default().trim_matches('"').to_owned();
     let source = S3Csv::new(store, "incoming/product/bench.csv", &etag);
     let started = Instant::now();
-    let outcome = splitter.split(&source, Ok(&template), None).await?;
+    let deadline = imagepipe::events::now_ms() + 900_000;
+    let outcome = splitter.split(&source, Ok(&template), None, deadline).await?;
     let split_wall = started.elapsed().as_secs_f64();
     assert_eq!(outcome.sent, rows);
     let rss = peak_rss_kib();

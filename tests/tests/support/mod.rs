@@ -71,6 +71,55 @@ pub async fn bucket(clients: &AwsClients) -> String {
     name
 }
 
+/// A run-ledger table shaped as `infra/template.yaml` declares it (`pk`, `sk`, on demand, TTL).
+pub async fn table(clients: &AwsClients) -> String {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification,
+    };
+    let name = unique("imagepipe-runs");
+    let attribute = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .unwrap()
+    };
+    let key = |name: &str, kind| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+            .unwrap()
+    };
+    clients
+        .dynamodb
+        .create_table()
+        .table_name(&name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attribute("pk"))
+        .attribute_definitions(attribute("sk"))
+        .key_schema(key("pk", KeyType::Hash))
+        .key_schema(key("sk", KeyType::Range))
+        .send()
+        .await
+        .expect("create table");
+    clients
+        .dynamodb
+        .update_time_to_live()
+        .table_name(&name)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .attribute_name("expires_at")
+                .enabled(true)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("enable TTL");
+    name
+}
+
 /// A queue with a dead-letter queue after `max_receive_count` deliveries; returns (url, dlq url).
 pub async fn queue_with_dlq(clients: &AwsClients, name: &str, max_receive_count: u32) -> (String, String) {
     let dlq = queue(clients, &format!("{name}-dlq"), HashMap::new()).await;

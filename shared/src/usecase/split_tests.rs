@@ -1,0 +1,158 @@
+//! The splitter over the in-memory ledger and queues: segments, continuations and their duplicates.
+
+use std::collections::HashSet;
+
+use super::*;
+use crate::adapters::memory_ledger::MemoryLedger;
+use crate::adapters::memory_queue::MemoryQueue;
+use crate::template::TemplateSet;
+
+/// A CSV held in memory.
+struct MemoryCsv(Vec<u8>);
+
+impl CsvSource for MemoryCsv {
+    fn name(&self) -> &str {
+        "s3://b/incoming/product/p.csv"
+    }
+
+    fn version(&self) -> &str {
+        "v1"
+    }
+
+    async fn open_range(&self, start: u64, end: Option<u64>) -> Result<Box<dyn Read + Send>, StoreError> {
+        let end = end.map_or(self.0.len(), |e| (e as usize).min(self.0.len()));
+        let start = (start as usize).min(end);
+        Ok(Box::new(std::io::Cursor::new(self.0[start..end].to_vec())))
+    }
+}
+
+/// 25 rows; row 4 has an empty colour and row 20 repeats row 3's SKU (duplicates across segments).
+fn csv() -> MemoryCsv {
+    let mut text = String::from("sku,name,color\r\n");
+    for row in 1..=25 {
+        let sku = if row == 20 {
+            "SKU-3".to_owned()
+        } else {
+            format!("SKU-{row}")
+        };
+        let color = if row == 4 { "" } else { "red" };
+        text.push_str(&format!("{sku},\"Product, {row}\",{color}\r\n"));
+    }
+    MemoryCsv(text.into_bytes())
+}
+
+fn splitter(rows_per_invocation: u64) -> Splitter<MemoryQueue, MemoryQueue, MemoryQueue, MemoryLedger> {
+    Splitter {
+        jobs: MemoryQueue::new(),
+        events: MemoryQueue::new(),
+        continuations: MemoryQueue::new(),
+        ledger: MemoryLedger::new(),
+        catalog: Catalog::builtin(),
+        settings: SplitSettings {
+            provider: None,
+            max_run_cost_usd: None,
+            max_rows: 1_000,
+            send_concurrency: 2,
+            reserve: Duration::from_secs(30),
+            rows_per_invocation,
+        },
+    }
+}
+
+fn deadline() -> u64 {
+    now_ms() + 600_000
+}
+
+fn rows_sent(jobs: &MemoryQueue) -> Vec<u64> {
+    jobs.sent()
+        .iter()
+        .map(|body| serde_json::from_str::<Job>(body).unwrap().row)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_split_in_segments_sends_every_valid_row_once_and_skips_invalid_ones_across_segments() {
+    let splitter = splitter(7);
+    let templates = TemplateSet::builtin();
+    let template = templates.get("product").unwrap();
+    let source = csv();
+    let first = splitter.split(&source, Ok(template), None, deadline()).await.unwrap();
+    assert!(first.continued);
+    assert_eq!(
+        first.totals.as_ref().map(|t| (t.rows, t.awaited, t.invalid)),
+        Some((25, 23, 2))
+    );
+    let mut invocations = 1;
+    while let Some(body) = splitter.continuations.take().pop() {
+        let continuation: Continuation = serde_json::from_str(&body).unwrap();
+        // A duplicated continuation: the second delivery finds the checkpoint moved and sends nothing.
+        for _ in 0..2 {
+            splitter
+                .resume(
+                    &continuation.continue_run,
+                    Some(continuation.rows_read),
+                    &source,
+                    Ok(template),
+                    deadline(),
+                )
+                .await
+                .unwrap();
+        }
+        invocations += 1;
+    }
+    assert_eq!(invocations, 4, "25 rows, 7 per invocation");
+    let rows = rows_sent(&splitter.jobs);
+    let expected: Vec<u64> = (1..=25).filter(|r| *r != 4 && *r != 20).collect();
+    let mut sorted = rows.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, expected, "every valid row once");
+    assert_eq!(rows.iter().collect::<HashSet<_>>().len(), rows.len());
+    let run = splitter.ledger.run(&first.run_id).await.unwrap().unwrap();
+    assert_eq!(
+        (run.state, run.checkpoint.sent, run.checkpoint.rows_read),
+        (RunState::Running, 23, 25)
+    );
+    assert_eq!(
+        splitter.events.sent().len(),
+        1,
+        "one split event when the last segment is sent"
+    );
+    let invalid = splitter.ledger.invalid_rows(&first.run_id, None).await.unwrap().items;
+    assert_eq!(invalid.iter().map(|i| i.row).collect::<Vec<_>>(), vec![4, 20]);
+    assert!(invalid[1].reason.contains("already used by row 3"), "{invalid:?}");
+}
+
+#[tokio::test]
+async fn a_duplicate_upload_event_announces_the_run_again_and_sends_nothing() {
+    let splitter = splitter(u64::MAX);
+    let templates = TemplateSet::builtin();
+    let template = templates.get("product").unwrap();
+    let first = splitter.split(&csv(), Ok(template), None, deadline()).await.unwrap();
+    assert!(!first.continued && !first.duplicate);
+    let again = splitter.split(&csv(), Ok(template), None, deadline()).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!((again.run_id, again.sent), (first.run_id, 0));
+    assert_eq!(splitter.jobs.sent().len(), 23);
+    assert_eq!(splitter.events.sent().len(), 2);
+}
+
+#[tokio::test]
+async fn a_file_over_the_budget_is_rejected_before_any_job() {
+    let mut splitter = splitter(u64::MAX);
+    splitter.settings.max_run_cost_usd = Some(0.10);
+    let templates = TemplateSet::builtin();
+    let split = splitter
+        .split(
+            &csv(),
+            Ok(templates.get("product").unwrap()),
+            Some("nano-banana"),
+            deadline(),
+        )
+        .await
+        .unwrap();
+    let reason = split.totals.unwrap().rejected.unwrap();
+    assert!(reason.contains("MAX_RUN_COST_USD"), "{reason}");
+    assert!(splitter.jobs.sent().is_empty());
+    let run = splitter.ledger.run(&split.run_id).await.unwrap().unwrap();
+    assert_eq!((run.state, run.outstanding()), (RunState::Running, Some(0)));
+}
