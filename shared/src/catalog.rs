@@ -70,7 +70,37 @@ pub struct UnknownModel {
 /// The row counts the cost table is computed for.
 pub const COST_TABLE_SIZES: [u64; 4] = [100, 1_000, 10_000, 100_000];
 
+/// A models file that extends the catalog: dated prices and the models it adds or replaces.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogFile {
+    prices_as_of: String,
+    #[serde(default)]
+    currency: Option<String>,
+    #[serde(default)]
+    aws: Option<crate::aws_cost::AwsPrices>,
+    models: BTreeMap<String, ModelInfo>,
+}
+
 impl Catalog {
+    /// Adds (or replaces) the models of the TOML document `text`, named `origin` in errors, which
+    /// must date its prices (`prices_as_of`) and may replace the AWS prices.
+    pub fn extend_from_toml(&mut self, text: &str, origin: &str) -> Result<(), String> {
+        let file: CatalogFile = toml::from_str(text).map_err(|e| format!("models file {origin} is not valid: {e}"))?;
+        if let Some(currency) = file.currency.filter(|c| *c != self.currency) {
+            return Err(format!(
+                "models file {origin}: prices in {currency}, the catalog is in {}",
+                self.currency
+            ));
+        }
+        self.prices_as_of = file.prices_as_of;
+        if let Some(aws) = file.aws {
+            self.aws = aws;
+        }
+        self.models.extend(file.models);
+        Ok(())
+    }
+
     /// The shipped catalog.
     pub fn builtin() -> Self {
         toml::from_str(CATALOG_TOML).expect("built-in catalog is valid")
@@ -116,6 +146,27 @@ pub struct CostLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_models_file_adds_and_replaces_models_and_names_its_line_when_broken() {
+        let mut catalog = Catalog::builtin();
+        let text = "prices_as_of = \"2026-12-01\"\n[models.house]\nprovider = \"gemini\"\n\
+                    provider_model = \"gemini-2.5-flash-image\"\nprice_per_image = 0.02\n";
+        catalog.extend_from_toml(text, "config/models.toml").unwrap();
+        assert_eq!(catalog.model("house").unwrap().price_per_image, 0.02);
+        assert!(catalog.model("nano-banana").is_ok());
+        assert_eq!(catalog.prices_as_of, "2026-12-01");
+        let error = catalog
+            .extend_from_toml(
+                "prices_as_of = \"x\"\n[models.bad]\nprovider = 3\n",
+                "config/models.toml",
+            )
+            .unwrap_err();
+        assert!(
+            error.contains("config/models.toml") && error.contains("line 3"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn reported_tokens_price_a_call_and_models_without_token_prices_use_the_list_price() {

@@ -81,7 +81,12 @@ pub struct RunRecord {
     /// The version of the CSV the run reads (S3 ETag).
     pub etag: String,
     pub template: String,
+    /// The templates document the run's template comes from, kept so the run reads its rows the
+    /// same way until it ends whatever happens to the deployment's files.
+    pub template_source: String,
     pub model: String,
+    /// The catalog entry of the run's model when the run started (`None`: an unknown model).
+    pub model_entry: Option<crate::catalog::ModelInfo>,
     pub provider: String,
     /// Unix milliseconds.
     pub started_at_ms: u64,
@@ -122,7 +127,9 @@ impl RunRecord {
             source: source.to_owned(),
             etag: etag.to_owned(),
             template: template.to_owned(),
+            template_source: String::new(),
             model: model.to_owned(),
+            model_entry: None,
             provider: provider.to_owned(),
             started_at_ms: now_ms,
             state: RunState::Splitting,
@@ -139,6 +146,13 @@ impl RunRecord {
             completed_at_ms: None,
             stopped: None,
         }
+    }
+
+    /// The run's template, as it was when the run started.
+    pub fn template(&self) -> Result<crate::template::Template, String> {
+        let set = crate::template::TemplateSet::from_toml(&self.template_source, "the run's templates")
+            .map_err(|e| e.to_string())?;
+        set.get(&self.template).cloned().map_err(|e| e.to_string())
     }
 
     /// Rows with a recorded outcome.

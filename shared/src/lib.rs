@@ -9,6 +9,7 @@ pub mod adapters;
 pub mod aws_cost;
 pub mod catalog;
 pub mod config;
+pub mod deployment;
 pub mod events;
 pub mod image_format;
 pub mod job;

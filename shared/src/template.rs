@@ -164,6 +164,16 @@ impl TemplateSet {
         })
     }
 
+    /// Adds `other`'s templates, replacing those of the same name.
+    pub fn extend(&mut self, other: TemplateSet) {
+        self.templates.extend(other.templates);
+    }
+
+    /// Whether a template of this name is defined.
+    pub fn contains(&self, name: &str) -> bool {
+        self.templates.contains_key(name)
+    }
+
     /// Template names in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.templates.keys().map(String::as_str)

@@ -694,3 +694,71 @@ async fn refused_credentials_halt_the_run_across_generators_and_the_rest_is_not_
         "{finished:?}"
     );
 }
+
+#[tokio::test]
+async fn the_deployments_own_templates_and_models_drive_a_run_and_a_broken_file_rejects_it_with_its_line() {
+    let stack = Stack::new(ScriptedProvider::default(), &[]).await;
+    cms_accepts(&stack.cms).await;
+    slack_accepts(&stack.slack).await;
+    let put = |key: &'static str, text: &'static str| {
+        let s3 = stack.clients.s3.clone();
+        let bucket = stack.bucket.clone();
+        async move {
+            s3.put_object()
+                .bucket(bucket)
+                .key(key)
+                .body(text.as_bytes().to_vec().into())
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    put(
+        "config/templates.toml",
+        "[templates.house]\nprompt = \"House style shot of {name}\"\nmodel = \"house-model\"\nkey = \"{sku}\"\n",
+    )
+    .await;
+    put(
+        "config/models.toml",
+        "prices_as_of = \"2026-12-01\"\n[models.house-model]\nprovider = \"placeholder\"\n\
+         provider_model = \"placeholder\"\nprice_per_image = 0.25\n",
+    )
+    .await;
+    let event = stack
+        .upload("incoming/house/items.csv", "sku,name\nSKU-1,Lamp\nSKU-2,Chair\n")
+        .await;
+    let split = stack.split(event).await;
+    assert_eq!((split[0].jobs_sent, split[0].rejected.as_deref()), (2, None));
+    // Editing the files mid-run changes nothing for the run.
+    put(
+        "config/templates.toml",
+        "[templates.house]\nprompt = \"Changed {name}\"\nmodel = \"m\"\nkey = \"{sku}\"\n",
+    )
+    .await;
+    stack.drain(1).await;
+    let report = stack.report(&split[0].run_id).await;
+    assert_eq!((report.succeeded, report.model.as_str()), (2, "house-model"));
+    assert_eq!(report.estimated_cost_usd, 0.5);
+    assert_eq!(stack.provider.calls_for("House style shot of "), 2);
+
+    put(
+        "config/templates.toml",
+        "[templates.house]\nprompt = \"x {name}\"\nkey = \n",
+    )
+    .await;
+    let event = stack.upload("incoming/house/more.csv", "sku,name\nSKU-3,Desk\n").await;
+    let rejected = stack.split(event).await;
+    let reason = rejected[0].rejected.as_deref().unwrap();
+    assert!(
+        reason.contains("config/templates.toml") && reason.contains("line 3"),
+        "{reason}"
+    );
+    stack.drain(1).await;
+    let texts = stack.slack_texts().await;
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("Rejected") && t.contains("config/templates.toml")),
+        "{texts:?}"
+    );
+}

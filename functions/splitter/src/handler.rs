@@ -8,11 +8,10 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use imagepipe::adapters::dynamodb_ledger::DynamoLedger;
 use imagepipe::adapters::s3_store::{S3Csv, S3ObjectStore};
 use imagepipe::adapters::sqs_queue::SqsQueue;
-use imagepipe::catalog::Catalog;
 use imagepipe::config::{Config, ConfigError};
+use imagepipe::deployment::DeploymentConfig;
 use imagepipe::lambda::{AwsClients, ledger};
 use imagepipe::ledger::RunLedger;
-use imagepipe::template::{Template, TemplateSet};
 use imagepipe::usecase::split::{Continuation, CsvSource, Split, SplitSettings, Splitter};
 use lambda_runtime::{Error, LambdaEvent};
 use serde::{Deserialize, Serialize};
@@ -24,7 +23,8 @@ const RESERVE: Duration = Duration::from_secs(30);
 pub struct Deps {
     pub clients: AwsClients,
     pub splitter: Splitter<SqsQueue, SqsQueue, SqsQueue, DynamoLedger>,
-    pub templates: TemplateSet,
+    /// The deployment's bucket: its `config/` files extend the built-in templates and models.
+    pub bucket: S3ObjectStore,
 }
 
 impl Deps {
@@ -36,7 +36,6 @@ impl Deps {
                 events: SqsQueue::new(clients.sqs.clone(), config.events_queue_url()?),
                 continuations: SqsQueue::new(clients.sqs.clone(), config.split_queue_url()?),
                 ledger: ledger(clients, &config),
-                catalog: Catalog::builtin(),
                 settings: SplitSettings {
                     provider: config.provider,
                     max_run_cost_usd: config.max_run_cost_usd,
@@ -46,20 +45,20 @@ impl Deps {
                     rows_per_invocation: config.split_rows_per_invocation,
                 },
             },
-            templates: TemplateSet::builtin(),
+            bucket: S3ObjectStore::new(clients.s3.clone(), &config.bucket),
         })
     }
+}
 
-    fn template(&self, name: Option<&str>) -> Result<&Template, String> {
-        match name {
-            None => Err(format!(
-                "no template: upload the CSV as incoming/<template>/<name>.csv or name one in the schedule's input; \
-                 templates: {}",
-                self.templates.names().collect::<Vec<_>>().join(", ")
-            )),
-            Some(name) => self.templates.get(name).map_err(|e| e.to_string()),
-        }
-    }
+/// The template a request names, or why there is none.
+fn template_name<'a>(request: &'a Request, config: &DeploymentConfig) -> Result<&'a str, String> {
+    request.template.as_deref().ok_or_else(|| {
+        format!(
+            "no template: upload the CSV as incoming/<template>/<name>.csv or name one in the schedule's input; \
+             templates: {}",
+            config.templates.names().collect::<Vec<_>>().join(", ")
+        )
+    })
 }
 
 /// The input of a scheduled run (the EventBridge target's input).
@@ -211,7 +210,7 @@ fn is_sqs(event: &serde_json::Value) -> bool {
 
 async fn split_one(deps: &Deps, request: Request, deadline: u64) -> Result<Outcome, Error> {
     let source_store = S3ObjectStore::new(deps.clients.s3.clone(), &request.bucket);
-    let etag = match request.etag {
+    let etag = match request.etag.clone() {
         Some(etag) => etag,
         None => source_store
             .etag(&request.key)
@@ -219,10 +218,23 @@ async fn split_one(deps: &Deps, request: Request, deadline: u64) -> Result<Outco
             .ok_or_else(|| format!("{} does not exist", source_store.uri(&request.key)))?,
     };
     let source = S3Csv::new(source_store, &request.key, &etag);
-    let template = deps.template(request.template.as_deref());
+    // A broken config file rejects the run (file, line, problem in the report and in Slack).
+    let (config, template) = match DeploymentConfig::load(&deps.bucket).await {
+        Ok(config) => {
+            let template = template_name(&request, &config).map(str::to_owned);
+            (config, template)
+        }
+        Err(reason) => (DeploymentConfig::from_texts(None, None)?, Err(reason)),
+    };
     let split = deps
         .splitter
-        .split(&source, template, request.model.as_deref(), deadline)
+        .split(
+            &source,
+            template.as_deref().map_err(Clone::clone),
+            request.model.as_deref(),
+            &config,
+            deadline,
+        )
         .await?;
     Ok(Outcome::of(source.name(), split))
 }
@@ -256,10 +268,9 @@ async fn continue_run(deps: &Deps, continuation: &Continuation, deadline: u64) -
         .and_then(|rest| rest.split_once('/'))
         .ok_or_else(|| format!("run {run_id} has source {:?}, not an s3:// URI", run.source))?;
     let source = S3Csv::new(S3ObjectStore::new(deps.clients.s3.clone(), bucket), key, &run.etag);
-    let template = deps.template(Some(&run.template));
     let split = deps
         .splitter
-        .resume(run_id, Some(continuation.rows_read), &source, template, deadline)
+        .resume(run_id, continuation.rows_read, &source, deadline)
         .await?;
     tracing::info!(
         run_id,

@@ -131,8 +131,12 @@ impl DynamoLedger {
             ("template", &run.template),
             ("model", &run.model),
             ("provider", &run.provider),
+            ("template_source", &run.template_source),
         ] {
             item.insert(name.into(), s(value));
+        }
+        if let Some(entry) = run.model_entry.as_ref().and_then(|e| serde_json::to_string(e).ok()) {
+            item.insert("model_entry".into(), s(entry));
         }
         item.insert("state".into(), s(run.state.as_str()));
         for (name, value) in [
@@ -324,6 +328,11 @@ fn parse_record(item: &Item) -> Result<RunRecord, LedgerError> {
         etag: get_s(item, "etag").to_owned(),
         template: get_s(item, "template").to_owned(),
         model: get_s(item, "model").to_owned(),
+        template_source: get_s(item, "template_source").to_owned(),
+        model_entry: item
+            .get("model_entry")
+            .and_then(|v| v.as_s().ok())
+            .and_then(|json| serde_json::from_str(json).ok()),
         provider: get_s(item, "provider").to_owned(),
         started_at_ms: get_n(item, "started_at"),
         state,

@@ -199,11 +199,12 @@ impl<S: ObjectStore, E: MessageQueue, L: RunLedger> Generator<S, E, L> {
         generated.map(Some)
     }
 
-    async fn model_and_provider(
-        &self,
-        job: &Job,
-    ) -> Result<(crate::catalog::ModelInfo, Arc<dyn ImageProvider>), String> {
-        let model = self.catalog.model(&job.model).map_err(|e| e.to_string())?.clone();
+    async fn model_and_provider(&self, job: &Job) -> Result<(ModelInfo, Arc<dyn ImageProvider>), String> {
+        // The run's own model entry (it may come from the deployment's models file), else the built-in one.
+        let model = match self.stops.model(&job.run_id).await {
+            Some(model) => model,
+            None => self.catalog.model(&job.model).map_err(|e| e.to_string())?.clone(),
+        };
         let provider = self.providers.get(&model.provider).await?;
         Ok((model, provider))
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::catalog::Catalog;
+use crate::deployment::DeploymentConfig;
 use crate::events::{PipelineEvent, now_ms};
 use crate::job::{Job, run_id};
 use crate::ledger::{Action, Checkpoint, LedgerError, RunLedger, RunRecord, RunState, SplitTotals};
@@ -99,40 +99,46 @@ pub struct Splitter<Q, E, K, L> {
     /// Where continuations go (the splitter's own queue).
     pub continuations: K,
     pub ledger: L,
-    pub catalog: Catalog,
     pub settings: SplitSettings,
 }
 
 impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q, E, K, L> {
-    /// Starts (or, for a duplicate event, re-announces) the run of `source` with `template` (or a
-    /// rejection reason when none could be chosen).
+    /// Starts (or, for a duplicate event, re-announces) the run of `source` with the template named
+    /// `template` of `config` (or a rejection reason when none could be chosen).
     pub async fn split<C: CsvSource>(
         &self,
         source: &C,
-        template: Result<&Template, String>,
+        template: Result<&str, String>,
         model: Option<&str>,
+        config: &DeploymentConfig,
         deadline_ms: u64,
     ) -> Result<Split, SplitError> {
-        let template_name = template.as_ref().map_or("-", |t| t.name.as_str());
-        let model_name = model
-            .or(template.as_ref().ok().map(|t| t.model.as_str()))
-            .unwrap_or("-");
+        let found = template.and_then(|name| config.templates.get(name).map_err(|e| e.to_string()));
+        let template_name = found.as_ref().map_or("-", |t| t.name.as_str());
+        let model_name = model.or(found.as_ref().ok().map(|t| t.model.as_str())).unwrap_or("-");
         let run_id = run_id(&[source.name(), source.version(), template_name, model_name]);
-        let provider = self
-            .settings
-            .provider
-            .clone()
-            .or_else(|| self.catalog.model(model_name).ok().map(|m| m.provider.clone()))
-            .unwrap_or_else(|| "-".into());
-        let new = RunRecord::new(
+        let mut new = RunRecord::new(
             &run_id,
             source.name(),
             source.version(),
             template_name,
             model_name,
-            &provider,
+            "-",
             now_ms(),
         );
+        new.model_entry = config.catalog.model(model_name).ok().cloned();
+        new.provider = (self.settings.provider.clone())
+            .or_else(|| new.model_entry.as_ref().map(|m| m.provider.clone()))
+            .unwrap_or_else(|| "-".into());
+        if found.is_ok() {
+            new.template_source = config.template_source(template_name).to_owned();
+        }
+        // A run whose template or model cannot be used is recorded, then rejected with the reason.
+        let rejection = match (&found, config.catalog.model(model_name)) {
+            (Err(reason), _) => Some(reason.clone()),
+            (Ok(_), Err(unknown)) => Some(unknown.to_string()),
+            _ => None,
+        };
         let run = self.ledger.create_run(&new).await?;
         if run.state != RunState::Splitting {
             tracing::info!(%run_id, "run already split; announcing it again");
@@ -145,17 +151,28 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
                 continued: false,
             });
         }
-        self.resume(&run_id, None, source, template, deadline_ms).await
+        self.work(&run_id, None, source, rejection, deadline_ms).await
     }
 
-    /// Sends the next segment of `run_id`'s jobs: from the checkpoint at `rows_read` (a
-    /// continuation; `None` for the first invocation or its retry).
+    /// Sends the next segment of `run_id`'s jobs from the checkpoint at `rows_read` (a continuation).
     pub async fn resume<C: CsvSource>(
+        &self,
+        run_id: &str,
+        rows_read: u64,
+        source: &C,
+        deadline_ms: u64,
+    ) -> Result<Split, SplitError> {
+        self.work(run_id, Some(rows_read), source, None, deadline_ms).await
+    }
+
+    /// Claims the run's split and sends a segment (`rows_read`: the checkpoint a continuation
+    /// expects; `None` for the first invocation or its retry).
+    async fn work<C: CsvSource>(
         &self,
         run_id: &str,
         rows_read: Option<u64>,
         source: &C,
-        template: Result<&Template, String>,
+        rejection: Option<String>,
         deadline_ms: u64,
     ) -> Result<Split, SplitError> {
         let until = deadline_ms + CLAIM_MARGIN.as_millis() as u64;
@@ -174,7 +191,7 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
             tracing::info!(%run_id, "a continuation from another checkpoint; nothing to do");
             Ok(nothing())
         } else {
-            self.segment(&run, source, template, deadline_ms).await
+            self.segment(&run, source, rejection, deadline_ms).await
         };
         if let Err(e) = self.ledger.release(run_id, Action::Split).await {
             tracing::warn!(error = %e, "split claim not given back; it expires by itself");
@@ -186,10 +203,14 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
         &self,
         run: &RunRecord,
         source: &C,
-        template: Result<&Template, String>,
+        rejection: Option<String>,
         deadline_ms: u64,
     ) -> Result<Split, SplitError> {
         let run_id = run.run_id.as_str();
+        let template = match rejection {
+            Some(reason) => Err(reason),
+            None => run.template(),
+        };
         let totals = match &run.totals {
             Some(totals) => totals.clone(),
             None => {
@@ -205,7 +226,7 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
             }
         };
         let from = run.checkpoint;
-        let (to, finished) = match (&totals.rejected, template) {
+        let (to, finished) = match (&totals.rejected, &template) {
             (None, Ok(template)) => self.send_segment(run, source, template, &totals, deadline_ms).await?,
             _ => (from, true),
         };
@@ -240,9 +261,8 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
         source: &C,
         template: &Template,
     ) -> Result<SplitTotals, SplitError> {
-        let price = match self.catalog.model(&run.model) {
-            Ok(info) => info.price_per_image,
-            Err(e) => return Ok(rejected(e.to_string())),
+        let Some(price) = run.model_entry.as_ref().map(|m| m.price_per_image) else {
+            return Ok(rejected(format!("unknown model {:?}", run.model)));
         };
         let input = source.open_range(0, None).await?;
         let (tx, mut rx) = mpsc::channel::<Vec<InvalidRow>>(4);

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use super::*;
 use crate::adapters::memory_ledger::MemoryLedger;
 use crate::adapters::memory_queue::MemoryQueue;
-use crate::template::TemplateSet;
+use crate::deployment::DeploymentConfig;
 
 /// A CSV held in memory.
 struct MemoryCsv(Vec<u8>);
@@ -47,7 +47,6 @@ fn splitter(rows_per_invocation: u64) -> Splitter<MemoryQueue, MemoryQueue, Memo
         events: MemoryQueue::new(),
         continuations: MemoryQueue::new(),
         ledger: MemoryLedger::new(),
-        catalog: Catalog::builtin(),
         settings: SplitSettings {
             provider: None,
             max_run_cost_usd: None,
@@ -73,10 +72,12 @@ fn rows_sent(jobs: &MemoryQueue) -> Vec<u64> {
 #[tokio::test]
 async fn a_split_in_segments_sends_every_valid_row_once_and_skips_invalid_ones_across_segments() {
     let splitter = splitter(7);
-    let templates = TemplateSet::builtin();
-    let template = templates.get("product").unwrap();
+    let config = DeploymentConfig::from_texts(None, None).unwrap();
     let source = csv();
-    let first = splitter.split(&source, Ok(template), None, deadline()).await.unwrap();
+    let first = splitter
+        .split(&source, Ok("product"), None, &config, deadline())
+        .await
+        .unwrap();
     assert!(first.continued);
     assert_eq!(
         first.totals.as_ref().map(|t| (t.rows, t.awaited, t.invalid)),
@@ -88,13 +89,7 @@ async fn a_split_in_segments_sends_every_valid_row_once_and_skips_invalid_ones_a
         // A duplicated continuation: the second delivery finds the checkpoint moved and sends nothing.
         for _ in 0..2 {
             splitter
-                .resume(
-                    &continuation.continue_run,
-                    Some(continuation.rows_read),
-                    &source,
-                    Ok(template),
-                    deadline(),
-                )
+                .resume(&continuation.continue_run, continuation.rows_read, &source, deadline())
                 .await
                 .unwrap();
         }
@@ -125,11 +120,16 @@ async fn a_split_in_segments_sends_every_valid_row_once_and_skips_invalid_ones_a
 #[tokio::test]
 async fn a_duplicate_upload_event_announces_the_run_again_and_sends_nothing() {
     let splitter = splitter(u64::MAX);
-    let templates = TemplateSet::builtin();
-    let template = templates.get("product").unwrap();
-    let first = splitter.split(&csv(), Ok(template), None, deadline()).await.unwrap();
+    let config = DeploymentConfig::from_texts(None, None).unwrap();
+    let first = splitter
+        .split(&csv(), Ok("product"), None, &config, deadline())
+        .await
+        .unwrap();
     assert!(!first.continued && !first.duplicate);
-    let again = splitter.split(&csv(), Ok(template), None, deadline()).await.unwrap();
+    let again = splitter
+        .split(&csv(), Ok("product"), None, &config, deadline())
+        .await
+        .unwrap();
     assert!(again.duplicate);
     assert_eq!((again.run_id, again.sent), (first.run_id, 0));
     assert_eq!(splitter.jobs.sent().len(), 23);
@@ -140,14 +140,9 @@ async fn a_duplicate_upload_event_announces_the_run_again_and_sends_nothing() {
 async fn a_file_over_the_budget_is_rejected_before_any_job() {
     let mut splitter = splitter(u64::MAX);
     splitter.settings.max_run_cost_usd = Some(0.10);
-    let templates = TemplateSet::builtin();
+    let config = DeploymentConfig::from_texts(None, None).unwrap();
     let split = splitter
-        .split(
-            &csv(),
-            Ok(templates.get("product").unwrap()),
-            Some("nano-banana"),
-            deadline(),
-        )
+        .split(&csv(), Ok("product"), Some("nano-banana"), &config, deadline())
         .await
         .unwrap();
     let reason = split.totals.unwrap().rejected.unwrap();
@@ -155,4 +150,66 @@ async fn a_file_over_the_budget_is_rejected_before_any_job() {
     assert!(splitter.jobs.sent().is_empty());
     let run = splitter.ledger.run(&split.run_id).await.unwrap().unwrap();
     assert_eq!((run.state, run.outstanding()), (RunState::Running, Some(0)));
+}
+
+#[tokio::test]
+async fn a_run_keeps_its_own_template_and_model_whatever_happens_to_the_deployment_files() {
+    let splitter = splitter(7);
+    let house = "[templates.house]\nprompt = \"House style: {name}\"\nmodel = \"house-model\"\nkey = \"{sku}\"\n";
+    let models = "prices_as_of = \"2026-12-01\"\n[models.house-model]\nprovider = \"placeholder\"\n\
+                  provider_model = \"placeholder\"\nprice_per_image = 0.5\n";
+    let config = DeploymentConfig::from_texts(Some(house), Some(models)).unwrap();
+    let source = csv();
+    let first = splitter
+        .split(&source, Ok("house"), None, &config, deadline())
+        .await
+        .unwrap();
+    // The house template does not use the colour: only the duplicate key (row 20) is invalid.
+    assert_eq!(first.totals.as_ref().unwrap().estimated_cost_usd, 0.5 * 24.0);
+    // The continuations run on the run's snapshot, not on any config (there is none to pass).
+    while let Some(body) = splitter.continuations.take().pop() {
+        let continuation: Continuation = serde_json::from_str(&body).unwrap();
+        splitter
+            .resume(&continuation.continue_run, continuation.rows_read, &source, deadline())
+            .await
+            .unwrap();
+    }
+    let jobs: Vec<Job> = splitter
+        .jobs
+        .sent()
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
+    assert_eq!(jobs.len(), 24);
+    assert!(
+        jobs.iter()
+            .all(|j| j.prompt.starts_with("House style: Product, ") && j.model == "house-model")
+    );
+    let run = splitter.ledger.run(&first.run_id).await.unwrap().unwrap();
+    assert_eq!(run.model_entry.unwrap().price_per_image, 0.5);
+}
+
+#[tokio::test]
+async fn an_unknown_template_or_model_rejects_the_run_with_the_names_it_knows() {
+    let splitter = splitter(u64::MAX);
+    let config = DeploymentConfig::from_texts(None, None).unwrap();
+    let split = splitter
+        .split(&csv(), Ok("nope"), None, &config, deadline())
+        .await
+        .unwrap();
+    let reason = split.totals.unwrap().rejected.unwrap();
+    assert!(
+        reason.contains("unknown template \"nope\"") && reason.contains("product_hero"),
+        "{reason}"
+    );
+    let split = splitter
+        .split(&csv(), Ok("product"), Some("nope-model"), &config, deadline())
+        .await
+        .unwrap();
+    let reason = split.totals.unwrap().rejected.unwrap();
+    assert!(
+        reason.contains("unknown model") && reason.contains("nano-banana"),
+        "{reason}"
+    );
+    assert!(splitter.jobs.sent().is_empty());
 }

@@ -1,0 +1,106 @@
+//! A deployment's own templates and models: `config/templates.toml` and `config/models.toml` in its
+//! bucket extend (or replace, by name) the built-in ones. Read when a run starts; the run keeps the
+//! templates document and the model entry it used, so editing the files mid-run changes nothing
+//! for that run.
+
+use crate::catalog::Catalog;
+use crate::store::ObjectStore;
+use crate::template::{DEFAULT_TEMPLATES, TemplateSet};
+
+/// Where a deployment's templates are in its bucket.
+pub const TEMPLATES_KEY: &str = "config/templates.toml";
+/// Where a deployment's models are in its bucket.
+pub const MODELS_KEY: &str = "config/models.toml";
+/// Largest config file read: a run keeps its templates document in its ledger record (≤ 400 KB).
+pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
+
+/// The templates and models a run can use.
+#[derive(Debug, Clone)]
+pub struct DeploymentConfig {
+    pub templates: TemplateSet,
+    pub catalog: Catalog,
+    /// The text of the deployment's templates file, when it has one.
+    custom_templates: Option<String>,
+}
+
+impl DeploymentConfig {
+    /// The built-ins extended by the given files' texts; an error names the file, line and problem.
+    pub fn from_texts(templates: Option<&str>, models: Option<&str>) -> Result<Self, String> {
+        let mut catalog = Catalog::builtin();
+        if let Some(text) = models {
+            check_size(MODELS_KEY, text)?;
+            catalog.extend_from_toml(text, MODELS_KEY)?;
+        }
+        let mut set = TemplateSet::builtin();
+        if let Some(text) = templates {
+            check_size(TEMPLATES_KEY, text)?;
+            set.extend(TemplateSet::from_toml(text, TEMPLATES_KEY).map_err(|e| e.to_string())?);
+        }
+        Ok(Self {
+            templates: set,
+            catalog,
+            custom_templates: templates.map(str::to_owned),
+        })
+    }
+
+    /// Reads the deployment's files from `store` (absent files leave the built-ins as they are).
+    pub async fn load<S: ObjectStore>(store: &S) -> Result<Self, String> {
+        let read = |key: &'static str| async move {
+            match store.get(key).await {
+                Ok(None) => Ok(None),
+                Ok(Some(bytes)) => String::from_utf8(bytes.to_vec())
+                    .map(Some)
+                    .map_err(|_| format!("{key} is not UTF-8 text")),
+                Err(e) => Err(format!("{key} could not be read: {e}")),
+            }
+        };
+        let (templates, models) = (read(TEMPLATES_KEY).await?, read(MODELS_KEY).await?);
+        Self::from_texts(templates.as_deref(), models.as_deref())
+    }
+
+    /// The templates document the template `name` comes from: what a run keeps to read its rows
+    /// the same way until it ends.
+    pub fn template_source(&self, name: &str) -> &str {
+        match &self.custom_templates {
+            Some(text) if TemplateSet::from_toml(text, TEMPLATES_KEY).is_ok_and(|set| set.contains(name)) => text,
+            _ => DEFAULT_TEMPLATES,
+        }
+    }
+}
+
+fn check_size(key: &str, text: &str) -> Result<(), String> {
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "{key} is {} bytes; config files are limited to {MAX_CONFIG_BYTES} bytes",
+            text.len()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUSE: &str =
+        "[templates.house]\nprompt = \"House style: {name}\"\nmodel = \"house-model\"\nkey = \"{sku}\"\n";
+    const MODELS: &str = "prices_as_of = \"2026-12-01\"\n[models.house-model]\nprovider = \"placeholder\"\n\
+                          provider_model = \"placeholder\"\nprice_per_image = 0.0\n";
+
+    #[test]
+    fn files_extend_the_built_ins_and_a_run_keeps_the_document_of_its_template() {
+        let config = DeploymentConfig::from_texts(Some(HOUSE), Some(MODELS)).unwrap();
+        assert!(config.templates.get("house").is_ok() && config.templates.get("product_hero").is_ok());
+        assert!(config.catalog.model("house-model").is_ok());
+        assert_eq!(config.template_source("house"), HOUSE);
+        assert_eq!(config.template_source("product_hero"), DEFAULT_TEMPLATES);
+    }
+
+    #[test]
+    fn a_broken_file_is_named_with_its_line() {
+        let error = DeploymentConfig::from_texts(Some("[templates.x]\nprompt = \n"), None).unwrap_err();
+        assert!(error.contains(TEMPLATES_KEY) && error.contains("line 2"), "{error}");
+        let error = DeploymentConfig::from_texts(None, Some("[models.y]\n")).unwrap_err();
+        assert!(error.contains(MODELS_KEY), "{error}");
+    }
+}
