@@ -643,3 +643,22 @@ fn the_functions_refuse_a_cms_url_with_userinfo_at_init_without_showing_it() {
     );
     assert!(!error.contains("hunter2") && !error.contains("abc"), "{error}");
 }
+
+#[tokio::test]
+async fn a_cms_url_with_userinfo_sends_one_authorization_header_the_bearer_token() {
+    let cms = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&cms)
+        .await;
+    let base = cms.uri().replace("http://", "http://admin:hunter2@");
+
+    HttpCms::new(http_client(Duration::from_secs(5)), &base, "cms-token-123456")
+        .update_image("A1", "https://cdn/x.png")
+        .await
+        .unwrap();
+
+    let request = &cms.received_requests().await.unwrap()[0];
+    let values: Vec<_> = request.headers.get_all("authorization").iter().collect();
+    assert_eq!(values, ["Bearer cms-token-123456"]);
+}
