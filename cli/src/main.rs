@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use imagepipe::adapters::s3_store::S3Signer;
 use imagepipe::catalog::Catalog;
 use imagepipe::lambda::AwsClients;
-use imagepipe::local::{LocalRun, Publishing, report_path};
+use imagepipe::local::{CancellationToken, INTERRUPT_GRACE, LocalRun, Publishing, report_path};
 use imagepipe::provider;
 use imagepipe::publish::{HttpCms, SlackWebhook, http_client};
 use imagepipe::retry::RetryPolicy;
@@ -23,6 +23,8 @@ use imagepipe::usecase::plan::plan_csv;
 const EXIT_INCOMPLETE: u8 = 1;
 /// Exit code: the run could not start (usage, configuration, unreadable input).
 const EXIT_CANNOT_START: u8 = 2;
+/// Exit code: the run was interrupted (Ctrl-C); its report says which rows were not done.
+const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Parser)]
 #[command(name = "imagepipe", version, about = "Turn a CSV of rows into AI-generated images")]
@@ -72,8 +74,8 @@ enum Command {
         /// Attempts per row, the first included.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=20))]
         max_attempts: u32,
-        /// Seconds one provider call may take.
-        #[arg(long, default_value_t = 120)]
+        /// Seconds one provider call may take (at least 1).
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
         timeout_secs: u64,
     },
     /// List the model catalog with prices.
@@ -168,16 +170,42 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 publish: publishing_from_env()?,
             };
             let bar = output::progress_bar(input.json);
-            let report = run.run(|done, total| bar.update(done, total)).await?;
+            let interrupt = CancellationToken::new();
+            watch_ctrl_c(interrupt.clone())?;
+            let report = run.run_until(|done, total| bar.update(done, total), &interrupt).await?;
             bar.finish();
             output::report(&report, &report_path(&run.out_dir, &report.run_id), input.json)?;
-            Ok(if report.failed + report.invalid == 0 {
+            Ok(if interrupt.is_cancelled() {
+                ExitCode::from(EXIT_INTERRUPTED)
+            } else if report.failed + report.invalid == 0 && report.cms_failures.is_empty() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(EXIT_INCOMPLETE)
             })
         }
     }
+}
+
+/// The first Ctrl-C interrupts the run (calls in flight get a grace period, then the report is
+/// written); a second one exits at once. The handler is installed before this returns.
+fn watch_ctrl_c(interrupt: CancellationToken) -> anyhow::Result<()> {
+    let mut signals =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).context("cannot watch for Ctrl-C")?;
+    tokio::spawn(async move {
+        if signals.recv().await.is_none() {
+            return;
+        }
+        eprintln!(
+            "interrupted: no new provider call; calls in flight get {} s, then the report is written \
+             (Ctrl-C again to stop at once)",
+            INTERRUPT_GRACE.as_secs()
+        );
+        interrupt.cancel();
+        if signals.recv().await.is_some() {
+            std::process::exit(EXIT_INTERRUPTED.into());
+        }
+    });
+    Ok(())
 }
 
 fn load_template(input: &Input) -> anyhow::Result<Template> {
@@ -196,6 +224,7 @@ fn publishing_from_env() -> anyhow::Result<Publishing> {
             let token = var("CMS_TOKEN").context("CMS_BASE_URL is set, so CMS_TOKEN must be too")?;
             var("IMAGEPIPE_PUBLIC_BASE_URL")
                 .context("CMS_BASE_URL is set, so IMAGEPIPE_PUBLIC_BASE_URL (where images are served) must be too")?;
+            imagepipe::publish::check_base_url(&base).map_err(|e| anyhow::anyhow!("CMS_BASE_URL {e}"))?;
             Some(HttpCms::new(client.clone(), &base, &token))
         }
     };

@@ -93,7 +93,11 @@ pub fn plan(plan: &Plan, json: bool) -> anyhow::Result<()> {
     writeln!(
         out,
         "{}: template {}, model {} ({}), {}",
-        plan.file, plan.template, plan.model, plan.provider, plan.size
+        shown(&plan.file),
+        plan.template,
+        plan.model,
+        plan.provider,
+        plan.size
     )?;
     writeln!(
         out,
@@ -101,11 +105,11 @@ pub fn plan(plan: &Plan, json: bool) -> anyhow::Result<()> {
         plan.rows, plan.valid, plan.invalid
     )?;
     for invalid in &plan.invalid_rows {
-        writeln!(out, "  row {}: {}", invalid.row, invalid.reason)?;
+        writeln!(out, "  row {}: {}", invalid.row, shown(&invalid.reason))?;
     }
     writeln!(out, "\nsample prompts:")?;
     for prompt in &plan.sample_prompts {
-        writeln!(out, "  {prompt}")?;
+        writeln!(out, "  {}", shown(prompt))?;
     }
     writeln!(
         out,
@@ -156,6 +160,12 @@ AWS infrastructure on the serverless path (generator {} MB, batch {}, {} s per p
     Ok(())
 }
 
+/// Data (file names, keys, reasons quoting CSV values) as it may reach a terminal: control
+/// characters, ANSI escapes included, shown escaped.
+fn shown(text: &str) -> String {
+    imagepipe::redact::escape_control(text)
+}
+
 pub fn report(report: &RunReport, path: &Path, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(report);
@@ -177,15 +187,17 @@ pub fn report(report: &RunReport, path: &Path, json: bool) -> anyhow::Result<()>
         "cost: ${:.4} (estimated ${:.4})",
         report.actual_cost_usd, report.estimated_cost_usd
     )?;
-    for f in &report.failures {
+    let failures = report.failures.iter().map(|f| ("failed ", f));
+    for (what, f) in failures.chain(report.cms_failures.iter().map(|f| ("CMS not updated,", f))) {
+        let (key, reason) = (shown(&f.key), shown(&f.reason));
         writeln!(
             out,
-            "  failed  row {} ({}): {} [{} attempts]",
-            f.row, f.key, f.reason, f.attempts
+            "  {what} row {} ({key}): {reason} [{} attempts]",
+            f.row, f.attempts
         )?;
     }
     for i in &report.invalid_rows {
-        writeln!(out, "  invalid row {}: {}", i.row, i.reason)?;
+        writeln!(out, "  invalid row {}: {}", i.row, shown(&i.reason))?;
     }
     writeln!(out, "report: {}", path.display())?;
     Ok(())

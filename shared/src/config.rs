@@ -18,7 +18,7 @@ pub const SECRET_VARIABLES: [&str; 5] = [
 ];
 
 /// Every variable [`Config::from_env`] reads (besides the secrets and their `_PARAM` forms).
-pub const VARIABLES: [&str; 24] = [
+pub const VARIABLES: [&str; 26] = [
     "IMAGEPIPE_BUCKET",
     "LEDGER_TABLE",
     "JOBS_QUEUE_URL",
@@ -44,6 +44,9 @@ pub const VARIABLES: [&str; 24] = [
     "IMAGEPIPE_GEMINI_BASE_URL",
     "IMAGEPIPE_OPENAI_BASE_URL",
     "IMAGEPIPE_ARK_BASE_URL",
+    // Internal hosts/CIDRs data URLs may reach, and buckets `s3://` references may name (see README).
+    "IMAGEPIPE_ALLOW_HOSTS",
+    "IMAGEPIPE_REFERENCE_BUCKETS",
 ];
 
 static SECRETS: OnceLock<HashMap<String, String>> = OnceLock::new();
@@ -118,6 +121,8 @@ pub struct Config {
     pub reconcile_silence: Duration,
     /// Ledger items expire this long after their run started.
     pub run_retention: Duration,
+    /// Internal hosts and networks reference and download URLs may reach (`IMAGEPIPE_ALLOW_HOSTS`).
+    pub allow_hosts: crate::net::AllowList,
 }
 
 impl Config {
@@ -128,6 +133,13 @@ impl Config {
 
     /// Reads variables through `var` (tests pass a map).
     pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        if let Some(base) = var("CMS_BASE_URL") {
+            crate::publish::check_base_url(&base).map_err(|_| ConfigError::Invalid {
+                name: "CMS_BASE_URL",
+                value: crate::redact::display_url(&base),
+                expected: "an absolute http(s) URL without user name or password",
+            })?;
+        }
         let cms = var("CMS_BASE_URL").map(|base_url| CmsConfig {
             base_url,
             method: var("CMS_METHOD").unwrap_or_else(|| "PATCH".into()),
@@ -159,6 +171,13 @@ impl Config {
             run_retention: Duration::from_secs(
                 86_400 * parse::<u64>(&var, "RUN_RETENTION_DAYS", "whole days")?.unwrap_or(90),
             ),
+            allow_hosts: crate::net::AllowList::parse(&var("IMAGEPIPE_ALLOW_HOSTS").unwrap_or_default()).map_err(
+                |_| ConfigError::Invalid {
+                    name: "IMAGEPIPE_ALLOW_HOSTS",
+                    value: var("IMAGEPIPE_ALLOW_HOSTS").unwrap_or_default(),
+                    expected: "host names and CIDRs, comma-separated (images.internal,10.1.0.0/16)",
+                },
+            )?,
         })
     }
 

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::redact::redact;
+
 /// A CMS or notifier call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -60,11 +62,38 @@ impl std::fmt::Debug for HttpCms {
     }
 }
 
+/// A CMS base URL must be an absolute http(s) URL without userinfo (the token is the one credential sent).
+pub fn check_base_url(base: &str) -> Result<(), String> {
+    let shown = crate::redact::display_url(base);
+    let url = reqwest::Url::parse(base).map_err(|e| format!("{shown:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
+        return Err(format!("{shown:?} must be an absolute http(s) URL"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "{shown:?} must not carry a user name or password (the token is the credential)"
+        ));
+    }
+    Ok(())
+}
+
+/// `base` without `user:pass@`: with it, requests would carry Basic credentials next to the Bearer token.
+fn without_userinfo(base: &str) -> String {
+    match reqwest::Url::parse(base) {
+        Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string()
+        }
+        _ => base.to_owned(),
+    }
+}
+
 impl HttpCms {
     pub fn new(client: reqwest::Client, base_url: &str, token: &str) -> Self {
         Self {
             client,
-            base_url: base_url.trim_end_matches('/').to_owned(),
+            base_url: without_userinfo(base_url).trim_end_matches('/').to_owned(),
             token: token.to_owned(),
             method: reqwest::Method::PATCH,
             path: "/api/products/{sku}".into(),
@@ -109,7 +138,7 @@ impl Cms for HttpCms {
             .body(fill(&self.body, sku, image_url))
             .send()
             .await;
-        check(response, "CMS").await
+        check(response, "CMS", &[&self.token]).await
     }
 }
 
@@ -142,20 +171,26 @@ impl Notifier for SlackWebhook {
             "text": text,
             "blocks": [{ "type": "section", "text": { "type": "mrkdwn", "text": text } }],
         });
-        check(self.client.post(&self.url).json(&body).send().await, "Slack").await
+        let response = self.client.post(&self.url).json(&body).send().await;
+        check(response, "Slack", &[&self.url]).await
     }
 }
 
-/// One HTTP client for every adapter, with connect and request timeouts.
+/// One HTTP client for every credentialed adapter (provider, CMS, Slack), with connect and request
+/// timeouts; it follows no redirect to another origin and sends no `Referer`.
 pub fn http_client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(timeout)
-        .build()
-        .unwrap_or_default()
+    crate::net::credential_client(timeout)
 }
 
-async fn check(response: Result<reqwest::Response, reqwest::Error>, service: &str) -> Result<(), PublishError> {
+/// Error bodies are read only this far; the message quotes less.
+const MAX_ERROR_BODY_BYTES: usize = 4096;
+
+/// The outcome of a call; `secrets` (and the environment's) are redacted from a quoted error body.
+async fn check(
+    response: Result<reqwest::Response, reqwest::Error>,
+    service: &str,
+    secrets: &[&str],
+) -> Result<(), PublishError> {
     let response = response.map_err(|e| PublishError {
         retryable: true,
         // without_url: the URL may carry a secret (a Slack webhook is one).
@@ -165,8 +200,8 @@ async fn check(response: Result<reqwest::Response, reqwest::Error>, service: &st
     if status.is_success() {
         return Ok(());
     }
-    let body = response.text().await.unwrap_or_default();
-    let snippet: String = body.chars().take(200).collect();
+    let body = crate::net::read_prefix(response, MAX_ERROR_BODY_BYTES).await;
+    let snippet: String = redact(&body, secrets).chars().take(200).collect();
     Err(PublishError {
         retryable: status.as_u16() == 429 || status.is_server_error(),
         message: format!("{service} answered HTTP {}: {}", status.as_u16(), snippet.trim()),

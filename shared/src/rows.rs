@@ -6,10 +6,18 @@ use std::hash::{BuildHasher, RandomState};
 use std::io::Read;
 
 use crate::key::{ObjectKey, check_part};
+use crate::provider::fetch::MAX_REFERENCES_PER_ROW;
+use crate::record_limit::RecordLimit;
 use crate::template::{BoundTemplate, Template, TemplateError};
 
 /// Largest row accepted, in bytes; larger rows are invalid (they would not fit a queue message).
 pub const MAX_ROW_BYTES: usize = 64 * 1024;
+/// Raw bytes of one record the parser may buffer (quotes and `""` escapes make a valid row's raw
+/// form up to about twice its size); the rest of a longer record is skipped unread into memory.
+pub const MAX_RECORD_BYTES: usize = 4 * MAX_ROW_BYTES;
+/// Largest rendered prompt, in bytes (OpenAI's limit is 32,000 characters; a placeholder repeated
+/// in a template must not turn a row into megabytes).
+pub const MAX_PROMPT_BYTES: usize = 32 * 1024;
 
 /// A problem with the whole file: nothing is generated.
 #[derive(Debug, thiserror::Error)]
@@ -22,8 +30,8 @@ pub enum CsvError {
     NotUtf8 { file: String, row: u64, line: u64 },
     #[error("{file}: cannot be read as CSV at line {line}: {message}")]
     Malformed { file: String, line: u64, message: String },
-    #[error("{file}: {source}")]
-    Template { file: String, source: TemplateError },
+    #[error("{file}: {error}")]
+    Template { file: String, error: TemplateError },
 }
 
 /// A row that will be generated.
@@ -52,22 +60,25 @@ pub enum RowOutcome {
 }
 
 /// Reads rows from a CSV stream and renders them with a template. Holds one row at a time, plus
-/// an 8-byte digest per key seen (to refuse two rows writing the same object).
+/// two 8-byte digests per key seen (to refuse two rows writing the same object).
 pub struct RowReader<R: Read> {
-    reader: csv::Reader<R>,
+    reader: csv::Reader<RecordLimit<R>>,
     file: String,
     bound: BoundTemplate,
     header_len: usize,
     record: csv::StringRecord,
     row: u64,
-    keys: HashMap<u64, u64>,
+    /// Digest of the lowercased key → (row, digest of the key as written).
+    keys: HashMap<u64, (u64, u64)>,
     hasher: RandomState,
 }
 
 impl<R: Read> RowReader<R> {
     /// Reads the header of `input` and binds `template` to it. `file` names the input in errors.
     pub fn open(input: R, file: &str, template: &Template) -> Result<Self, CsvError> {
-        let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(input);
+        let mut reader = csv::ReaderBuilder::new()
+            .flexible(true)
+            .from_reader(RecordLimit::new(input, MAX_RECORD_BYTES));
         let header = match reader.headers() {
             Ok(h) => h.iter().map(|c| c.trim().to_owned()).collect::<Vec<_>>(),
             Err(e) => return Err(whole_file_error(file, 0, e)),
@@ -75,9 +86,9 @@ impl<R: Read> RowReader<R> {
         if header.is_empty() || header.iter().all(String::is_empty) {
             return Err(CsvError::Empty { file: file.to_owned() });
         }
-        let bound = template.bind(&header).map_err(|source| CsvError::Template {
+        let bound = template.bind(&header).map_err(|error| CsvError::Template {
             file: file.to_owned(),
-            source,
+            error,
         })?;
         Ok(Self {
             reader,
@@ -93,8 +104,16 @@ impl<R: Read> RowReader<R> {
 
     /// The next row, `None` at the end of the file, or a whole-file error.
     pub fn next_row(&mut self) -> Option<Result<RowOutcome, CsvError>> {
+        let cut_before = self.reader.get_ref().records_cut();
         match self.reader.read_record(&mut self.record) {
             Ok(false) => None,
+            Ok(true) if self.reader.get_ref().records_cut() > cut_before => {
+                self.row += 1;
+                Some(Ok(RowOutcome::Invalid(InvalidRow {
+                    row: self.row,
+                    reason: format!("row is over {MAX_RECORD_BYTES} bytes; rows are limited to {MAX_ROW_BYTES} bytes"),
+                })))
+            }
             Ok(true) => {
                 self.row += 1;
                 Some(Ok(self.check_record()))
@@ -105,18 +124,22 @@ impl<R: Read> RowReader<R> {
 
     fn check_record(&mut self) -> RowOutcome {
         let row = self.row;
-        match self.render() {
-            Ok(rendered) => match self.keys.entry(self.hasher.hash_one(rendered.key.as_str())) {
-                Entry::Occupied(first) => RowOutcome::Invalid(InvalidRow {
-                    row,
-                    reason: format!("key {:?} is already used by row {}", rendered.key.as_str(), first.get()),
-                }),
-                Entry::Vacant(slot) => {
-                    slot.insert(row);
-                    RowOutcome::Valid(rendered)
-                }
-            },
-            Err(reason) => RowOutcome::Invalid(InvalidRow { row, reason }),
+        let rendered = match self.render() {
+            Ok(rendered) => rendered,
+            Err(reason) => return RowOutcome::Invalid(InvalidRow { row, reason }),
+        };
+        // Keys equal ignoring ASCII case collide on case-insensitive file systems and some CDNs.
+        let key = rendered.key.as_str();
+        let exact = self.hasher.hash_one(key);
+        match self.keys.entry(self.hasher.hash_one(key.to_ascii_lowercase())) {
+            Entry::Occupied(first) => RowOutcome::Invalid(InvalidRow {
+                row,
+                reason: collision(key, *first.get(), exact),
+            }),
+            Entry::Vacant(slot) => {
+                slot.insert((row, exact));
+                RowOutcome::Valid(rendered)
+            }
         }
     }
 
@@ -146,7 +169,19 @@ impl<R: Read> RowReader<R> {
             }
         };
         let template = &self.bound.template;
-        let prompt = template.prompt.render(|p| value(p).map(str::to_owned))?;
+        let filled = std::cell::Cell::new(0usize);
+        let too_long = || format!("the prompt would be over {MAX_PROMPT_BYTES} bytes");
+        let prompt = template.prompt.render(|p| {
+            let v = value(p)?;
+            filled.set(filled.get() + v.len());
+            if filled.get() > MAX_PROMPT_BYTES {
+                return Err(too_long());
+            }
+            Ok(v.to_owned())
+        })?;
+        if prompt.len() > MAX_PROMPT_BYTES {
+            return Err(too_long());
+        }
         let key = template.key.render(|p| {
             let v = value(p)?;
             check_part(v).map_err(|e| format!("column {:?}: key {e}", self.bound.column(p).map_or(p, |c| c.0)))?;
@@ -172,7 +207,8 @@ impl<R: Read> RowReader<R> {
 
     /// Byte offset, in the input, of the next record (just past the header before any row is read).
     pub fn next_offset(&self) -> u64 {
-        self.reader.position().byte()
+        // Records cut short (see RecordLimit) were not all passed to the parser.
+        self.reader.get_ref().input_offset(self.reader.position().byte())
     }
 
     /// Continues the row count of an earlier reader that had read `rows_read` rows: for an input
@@ -180,6 +216,18 @@ impl<R: Read> RowReader<R> {
     pub fn resume(mut self, rows_read: u64) -> Self {
         self.row = rows_read;
         self
+    }
+}
+
+/// Why a key collides with an earlier row's: the same key, or one equal to it ignoring letter case.
+fn collision(key: &str, (first_row, first_exact): (u64, u64), exact: u64) -> String {
+    if first_exact == exact {
+        format!("key {key:?} is already used by row {first_row}")
+    } else {
+        format!(
+            "key {key:?} differs only in letter case from the key of row {first_row}; such keys collide on \
+             case-insensitive file systems and CDNs"
+        )
     }
 }
 
@@ -193,6 +241,12 @@ fn parse_references(column: &str, value: &str) -> Result<Vec<String>, String> {
     if refs.is_empty() {
         return Err(format!(
             "column {column:?} is empty (the template needs a reference image)"
+        ));
+    }
+    if refs.len() > MAX_REFERENCES_PER_ROW {
+        return Err(format!(
+            "column {column:?}: {} reference images; at most {MAX_REFERENCES_PER_ROW} per row",
+            refs.len()
         ));
     }
     match refs
@@ -349,5 +403,88 @@ mod tests {
         let err = read_all(b"sku,title\nA1,x\n", "hero").unwrap_err().to_string();
         assert!(err.starts_with("in.csv: template hero: placeholder {name}"), "{err}");
         assert!(err.contains("its columns are: sku, title"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod hostile_tests {
+    use std::io::Read;
+
+    use super::*;
+    use crate::template::TemplateSet;
+
+    fn rows_of(input: impl Read, templates: &str) -> Vec<RowOutcome> {
+        let set = TemplateSet::from_toml(templates, "t.toml").unwrap();
+        let mut reader = RowReader::open(input, "in.csv", set.get("t").unwrap()).unwrap();
+        std::iter::from_fn(|| reader.next_row()).map(Result::unwrap).collect()
+    }
+
+    fn reason(outcome: &RowOutcome) -> String {
+        match outcome {
+            RowOutcome::Invalid(row) => row.reason.clone(),
+            RowOutcome::Valid(row) => panic!("row {} should be invalid", row.row),
+        }
+    }
+
+    const PLAIN: &str = "[templates.t]\nprompt = \"{name}\"\nmodel = \"placeholder\"\nkey = \"{sku}\"\n";
+
+    #[test]
+    fn a_huge_field_is_skipped_not_buffered_and_the_next_row_is_read() {
+        // 300 MiB of one quoted field, produced lazily: buffering it would take 300 MiB.
+        let head = &b"sku,name\nA1,\""[..];
+        let field = std::io::repeat(b'x').take(300 * 1024 * 1024);
+        let tail = &b"\"\nA2,cup\n"[..];
+        let rows = rows_of(head.chain(field).chain(tail), PLAIN);
+        assert_eq!(rows.len(), 2);
+        let expected = format!("row is over {MAX_RECORD_BYTES} bytes; rows are limited to {MAX_ROW_BYTES} bytes");
+        assert_eq!(reason(&rows[0]), expected);
+        assert!(matches!(&rows[1], RowOutcome::Valid(row) if row.prompt == "cup"));
+    }
+
+    #[test]
+    fn a_checkpoint_after_a_cut_row_resumes_at_the_right_input_offset() {
+        let csv = format!(
+            "sku,name\nA1,\"{}\"\nA2,cup\nA3,bowl\n",
+            "x".repeat(MAX_RECORD_BYTES * 2)
+        );
+        let set = TemplateSet::from_toml(PLAIN, "t.toml").unwrap();
+        let template = set.get("t").unwrap();
+        let mut whole = RowReader::open(csv.as_bytes(), "f.csv", template).unwrap();
+        let header_end = whole.next_offset() as usize;
+        whole.next_row().unwrap().unwrap();
+        let offset = whole.next_offset() as usize;
+        let rest: Vec<RowOutcome> = std::iter::from_fn(|| whole.next_row()).map(Result::unwrap).collect();
+        let resumed_input = csv.as_bytes()[..header_end].chain(&csv.as_bytes()[offset..]);
+        let mut resumed = RowReader::open(resumed_input, "f.csv", template).unwrap().resume(1);
+        let again: Vec<RowOutcome> = std::iter::from_fn(|| resumed.next_row()).map(Result::unwrap).collect();
+        assert_eq!((again.len(), again), (2, rest));
+    }
+
+    #[test]
+    fn keys_equal_ignoring_case_name_the_earlier_row() {
+        let rows = rows_of(&b"sku,name\nab-1,mug\nAB-1,cup\n"[..], PLAIN);
+        assert!(matches!(rows[0], RowOutcome::Valid(_)));
+        assert!(reason(&rows[1]).contains("differs only in letter case from the key of row 1"));
+    }
+
+    #[test]
+    fn a_prompt_repeating_a_placeholder_is_capped() {
+        let prompt = "{name} ".repeat(1000);
+        let templates = format!("[templates.t]\nprompt = \"{prompt}\"\nmodel = \"placeholder\"\nkey = \"{{sku}}\"\n");
+        let csv = format!("sku,name\nA1,{}\n", "y".repeat(60_000));
+        let rows = rows_of(csv.as_bytes(), &templates);
+        assert_eq!(
+            reason(&rows[0]),
+            format!("the prompt would be over {MAX_PROMPT_BYTES} bytes")
+        );
+    }
+
+    #[test]
+    fn a_row_with_too_many_references_is_invalid() {
+        let templates = "[templates.t]\nprompt = \"{name}\"\nmodel = \"placeholder\"\nkey = \"{sku}\"\n\
+                         source_image = \"refs\"\n";
+        let refs = ["https://cdn.example.com/a.png"; 11].join(";");
+        let rows = rows_of(format!("sku,name,refs\nA1,mug,{refs}\n").as_bytes(), templates);
+        assert!(reason(&rows[0]).contains("11 reference images; at most 10 per row"));
     }
 }

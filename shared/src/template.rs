@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io::Read;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -11,20 +12,25 @@ use crate::pattern::{Pattern, PatternError};
 /// The templates shipped with imagepipe, used when no `--templates` file is given.
 pub const DEFAULT_TEMPLATES: &str = include_str!("../../templates/default.toml");
 
+/// Largest templates file read (`--templates /dev/zero` must not read forever); real ones are a few KiB.
+pub const MAX_TEMPLATES_BYTES: u64 = 1024 * 1024;
+
 /// Why a template file or template could not be used; raised at plan time, before any row runs.
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
-    #[error("cannot read templates file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    #[error("cannot read templates file {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("templates file {path} is larger than {MAX_TEMPLATES_BYTES} bytes")]
+    TooLarge { path: String },
     #[error("templates file {path} is not valid: {message}")]
     Parse { path: String, message: String },
     #[error("unknown template {name:?}; available: {}", available.join(", "))]
     Unknown { name: String, available: Vec<String> },
-    #[error("template {template}: {field} pattern is invalid: {source}")]
+    #[error("template {template}: {field} pattern is invalid: {error}")]
     Pattern {
         template: String,
         field: &'static str,
-        source: PatternError,
+        error: PatternError,
     },
     #[error("template {template}: size {size:?} is not WIDTHxHEIGHT with sides from 64 to 8192")]
     Size { template: String, size: String },
@@ -122,10 +128,17 @@ impl TemplateSet {
     pub fn load(path: Option<&Path>) -> Result<Self, TemplateError> {
         let Some(path) = path else { return Ok(Self::builtin()) };
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| TemplateError::Read {
+        let read_error = |error| TemplateError::Read {
             path: shown.clone(),
-            source,
-        })?;
+            error,
+        };
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|file| file.take(MAX_TEMPLATES_BYTES + 1).read_to_string(&mut text))
+            .map_err(read_error)?;
+        if text.len() as u64 > MAX_TEMPLATES_BYTES {
+            return Err(TemplateError::TooLarge { path: shown });
+        }
         Self::from_toml(&text, &shown)
     }
 
@@ -170,10 +183,10 @@ impl TemplateSet {
 impl Template {
     fn from_raw(name: String, raw: RawTemplate) -> Result<Self, TemplateError> {
         let pattern = |field, text: &str| {
-            Pattern::parse(text).map_err(|source| TemplateError::Pattern {
+            Pattern::parse(text).map_err(|error| TemplateError::Pattern {
                 template: name.clone(),
                 field,
-                source,
+                error,
             })
         };
         let prompt = pattern("prompt", &raw.prompt)?;

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use base64::Engine;
+use imagepipe::net::{AllowList, FetchClient};
 use imagepipe::provider::openai::OpenAiProvider;
 use imagepipe::provider::placeholder::render_png;
 use imagepipe::provider::seedream::SeedreamProvider;
@@ -32,12 +33,17 @@ fn b64_png() -> String {
     base64::engine::general_purpose::STANDARD.encode(render_png(16, 16, b"x").unwrap())
 }
 
+/// Downloads may reach the loopback stand-in (internal addresses are refused otherwise).
+fn loopback_fetch() -> FetchClient {
+    FetchClient::new(AllowList::parse("127.0.0.1").unwrap())
+}
+
 fn openai(server: &MockServer) -> OpenAiProvider {
-    OpenAiProvider::new(http_client(Duration::from_secs(5)), &server.uri(), "sk-test")
+    OpenAiProvider::new(http_client(Duration::from_secs(5)), &server.uri(), "sk-test").with_fetch(loopback_fetch())
 }
 
 fn seedream(server: &MockServer) -> SeedreamProvider {
-    SeedreamProvider::new(http_client(Duration::from_secs(5)), &server.uri(), "ark-test")
+    SeedreamProvider::new(http_client(Duration::from_secs(5)), &server.uri(), "ark-test").with_fetch(loopback_fetch())
 }
 
 async fn sent_body(server: &MockServer) -> serde_json::Value {

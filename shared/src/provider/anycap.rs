@@ -102,9 +102,19 @@ async fn read_output(stdout: &[u8], stderr: &[u8], exited_ok: bool) -> Result<Pr
         .ok_or_else(|| ProviderError::Rejected {
             message: "anycap reported success without a local_path".into(),
         })?;
-    let bytes = tokio::fs::read(path).await.map_err(|e| ProviderError::Rejected {
+    let unreadable = |e: std::io::Error| ProviderError::Rejected {
         message: format!("anycap output {path} unreadable: {e}"),
-    })?;
+    };
+    let size = tokio::fs::metadata(path).await.map_err(unreadable)?.len();
+    if size > super::http::MAX_IMAGE_BYTES as u64 {
+        return Err(ProviderError::Rejected {
+            message: format!(
+                "anycap output {path} is {size} bytes, over {} bytes",
+                super::http::MAX_IMAGE_BYTES
+            ),
+        });
+    }
+    let bytes = tokio::fs::read(path).await.map_err(unreadable)?;
     let request_id = parsed
         .as_ref()
         .and_then(|v| v.get("request_id"))

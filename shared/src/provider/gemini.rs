@@ -11,7 +11,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::http::{ApiEndpoint, fetch_reference, read_response, snippet};
+use super::fetch::fetch_references;
+use super::http::{ApiEndpoint, read_response, snippet};
 use super::{ImageProvider, ImageRequest, ProviderError, ProviderImage, ProviderSetupError, Usage};
 use crate::template::ImageSize;
 
@@ -45,6 +46,12 @@ impl GeminiProvider {
         }
     }
 
+    /// Downloads (references, image URLs) through `fetch` instead of the environment's allow list.
+    pub fn with_fetch(mut self, fetch: crate::net::FetchClient) -> Self {
+        self.api.fetch = fetch;
+        self
+    }
+
     /// From `GEMINI_API_KEY` and, optionally, `IMAGEPIPE_GEMINI_BASE_URL`.
     pub fn from_env(client: reqwest::Client) -> Result<Self, ProviderSetupError> {
         Ok(Self {
@@ -60,8 +67,7 @@ impl GeminiProvider {
 
     async fn body(&self, request: &ImageRequest) -> Result<Value, ProviderError> {
         let mut parts = vec![json!({ "text": request.prompt })];
-        for url in &request.references {
-            let (bytes, mime) = fetch_reference(&self.api.client, url, request.timeout).await?;
+        for (bytes, mime) in fetch_references(&self.api.fetch, &request.references, request.timeout).await? {
             parts.push(json!({ "inline_data": { "mime_type": mime, "data": BASE64.encode(&bytes) } }));
         }
         let mut image_config = json!({ "aspectRatio": aspect_ratio(request.size) });
@@ -113,7 +119,7 @@ impl ImageProvider for GeminiProvider {
             .json(&body)
             .send()
             .await;
-        parse_image(&read_response("gemini", response).await?)
+        parse_image(&read_response("gemini", response, self.api.api_key()).await?)
     }
 }
 

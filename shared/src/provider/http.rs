@@ -1,15 +1,20 @@
-//! What every HTTP provider shares: mapping transport errors and HTTP statuses to retry decisions,
-//! `Retry-After` parsing, and downloading reference images.
+//! What every HTTP provider shares: body limits, mapping transport errors and HTTP statuses to
+//! retry decisions, `Retry-After` parsing, and the endpoint (client, base URL, key).
 
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 use super::ProviderError;
+use crate::net::{FetchClient, FetchError, read_limited, read_prefix};
+use crate::redact::redact;
 
-/// Largest reference image downloaded, in bytes.
-pub const MAX_REFERENCE_BYTES: usize = 20 * 1024 * 1024;
+/// Largest image a provider returns: 4096×4096 RGB stored uncompressed (a PNG cannot be much larger).
+pub const MAX_IMAGE_BYTES: usize = 48 * 1024 * 1024;
+/// Largest provider answer: the largest image base64-encoded (4/3 larger) plus 1 MiB of JSON around it.
+pub const MAX_RESPONSE_BYTES: usize = MAX_IMAGE_BYTES / 3 * 4 + 1024 * 1024;
+/// An error answer is read only this far: every API's error message fits.
+pub const MAX_ERROR_BODY_BYTES: usize = 16 * 1024;
 
 /// `Retry-After` as seconds or an HTTP date.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
@@ -38,6 +43,9 @@ pub fn status_error(provider: &str, status: u16, headers: &HeaderMap, message: &
             message,
         },
         401 | 403 => ProviderError::Unauthorized { message },
+        300..=399 => ProviderError::Rejected {
+            message: format!("{message} (a redirect to another origin is not followed: the key stays with its API)"),
+        },
         408 | 500..=599 => ProviderError::Unavailable { message },
         _ => ProviderError::Rejected { message },
     }
@@ -49,48 +57,6 @@ pub fn snippet(body: &str) -> String {
         return "an HTML page instead of JSON".to_owned();
     }
     body.trim_start().chars().take(300).collect()
-}
-
-/// Downloads an http(s) reference image; s3:// references need the AWS object store.
-pub async fn fetch_reference(
-    client: &reqwest::Client,
-    url: &str,
-    timeout: Duration,
-) -> Result<(Bytes, String), ProviderError> {
-    if !(url.starts_with("https://") || url.starts_with("http://")) {
-        return Err(ProviderError::Rejected {
-            message: format!("reference {url:?} must be an http(s) URL here"),
-        });
-    }
-    let response = client
-        .get(url)
-        .timeout(timeout)
-        .send()
-        .await
-        .map_err(|e| ProviderError::Unavailable {
-            message: format!("reference image unreachable: {}", e.without_url()),
-        })?;
-    let status = response.status();
-    if !status.is_success() {
-        let message = format!("reference image {url} answered HTTP {}", status.as_u16());
-        return Err(if status.is_server_error() {
-            ProviderError::Unavailable { message }
-        } else {
-            ProviderError::Rejected { message }
-        });
-    }
-    let bytes = response.bytes().await.map_err(|e| ProviderError::Unavailable {
-        message: format!("reference image download failed: {}", e.without_url()),
-    })?;
-    if bytes.len() > MAX_REFERENCE_BYTES {
-        return Err(ProviderError::Rejected {
-            message: format!("reference image {url} is over 20 MiB"),
-        });
-    }
-    let info = crate::image_format::inspect(&bytes).map_err(|e| ProviderError::Rejected {
-        message: format!("reference {url}: {e}"),
-    })?;
-    Ok((bytes, info.format.content_type().to_owned()))
 }
 
 /// The `{"error": {"message", "code"|"type"|"status"}}` shape most image APIs answer errors with.
@@ -111,11 +77,11 @@ pub fn json_error_message(body: &str) -> String {
 
 /// The first image of an OpenAI-style `{"data": [{"b64_json"} | {"url"}]}` body; a URL is downloaded.
 pub async fn first_data_image(
-    client: &reqwest::Client,
+    fetch: &FetchClient,
     provider: &str,
     body: &str,
     timeout: Duration,
-) -> Result<Bytes, ProviderError> {
+) -> Result<bytes::Bytes, ProviderError> {
     use base64::Engine;
     let v: serde_json::Value = serde_json::from_str(body).map_err(|_| ProviderError::Unavailable {
         message: format!("{provider} returned a malformed response: {}", snippet(body)),
@@ -127,22 +93,11 @@ pub async fn first_data_image(
             .map_err(|e| ProviderError::Rejected {
                 message: format!("{provider} image is not valid base64: {e}"),
             })?;
-        return Ok(Bytes::from(bytes));
+        return Ok(bytes::Bytes::from(bytes));
     }
     if let Some(url) = item.and_then(|i| i.get("url")).and_then(serde_json::Value::as_str) {
         // Provider URLs expire: download at once; a failed download is retried with the whole call.
-        let response = client
-            .get(url)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| transport_error(provider, e))?;
-        if !response.status().is_success() {
-            return Err(ProviderError::Unavailable {
-                message: format!("{provider} image URL answered HTTP {}", response.status().as_u16()),
-            });
-        }
-        return response.bytes().await.map_err(|e| transport_error(provider, e));
+        return download_image(fetch, provider, url, timeout).await;
     }
     let said = item
         .and_then(|i| i.get("error"))
@@ -153,23 +108,56 @@ pub async fn first_data_image(
     })
 }
 
-/// Reads a response: the body on success, a decision on failure.
+/// Downloads an image a provider points at (a URL that expires), as a data URL: public addresses only.
+async fn download_image(
+    fetch: &FetchClient,
+    provider: &str,
+    url: &str,
+    timeout: Duration,
+) -> Result<bytes::Bytes, ProviderError> {
+    let failed = |e: FetchError| match e {
+        FetchError::Transport { .. } => ProviderError::Unavailable {
+            message: format!("{provider} image URL unreachable: {e}"),
+        },
+        refused_or_large => ProviderError::Rejected {
+            message: format!("{provider} image URL: {refused_or_large}"),
+        },
+    };
+    let response = fetch.get(url, timeout).await.map_err(failed)?;
+    if !response.status().is_success() {
+        return Err(ProviderError::Unavailable {
+            message: format!("{provider} image URL answered HTTP {}", response.status().as_u16()),
+        });
+    }
+    read_limited(response, MAX_IMAGE_BYTES).await.map_err(failed)
+}
+
+/// Reads a response: the body (up to [`MAX_RESPONSE_BYTES`]) on success, a decision on failure.
+/// Secrets (`key` and those of the environment) are redacted from error messages.
 pub async fn read_response(
     provider: &str,
     response: Result<reqwest::Response, reqwest::Error>,
+    key: &str,
 ) -> Result<String, ProviderError> {
     let response = response.map_err(|e| transport_error(provider, e))?;
     let (status, headers) = (response.status(), response.headers().clone());
-    let text = response.text().await.map_err(|e| transport_error(provider, e))?;
-    if status.is_success() {
-        Ok(text)
-    } else {
-        Err(status_error(
-            provider,
-            status.as_u16(),
-            &headers,
-            &json_error_message(&text),
-        ))
+    if !status.is_success() {
+        let text = read_prefix(response, MAX_ERROR_BODY_BYTES).await;
+        let message = redact(&json_error_message(&text), &[key]);
+        return Err(status_error(provider, status.as_u16(), &headers, &message));
+    }
+    match read_limited(response, MAX_RESPONSE_BYTES).await {
+        // Without a copy when the body is UTF-8 (it is JSON): answers can be tens of MiB.
+        Ok(body) => {
+            Ok(String::from_utf8(Vec::from(body))
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+        }
+        Err(FetchError::TooLarge { limit }) => Err(ProviderError::Rejected {
+            message: format!("{provider} answer is larger than {limit} bytes; not read"),
+        }),
+        Err(e) => Err(ProviderError::Unavailable {
+            message: format!("{provider} answer interrupted: {e}"),
+        }),
     }
 }
 
@@ -177,6 +165,8 @@ pub async fn read_response(
 #[derive(Clone)]
 pub struct ApiEndpoint {
     pub client: reqwest::Client,
+    /// For reference images and download URLs: public addresses only.
+    pub fetch: FetchClient,
     base_url: String,
     api_key: String,
 }
@@ -194,6 +184,7 @@ impl ApiEndpoint {
     pub fn new(client: reqwest::Client, base_url: &str, api_key: &str) -> Self {
         Self {
             client,
+            fetch: FetchClient::from_env(),
             base_url: base_url.trim_end_matches('/').to_owned(),
             api_key: api_key.to_owned(),
         }

@@ -2,6 +2,7 @@
 
 pub mod anycap;
 pub mod bedrock;
+pub mod fetch;
 pub mod gemini;
 pub mod http;
 pub mod openai;
@@ -126,17 +127,47 @@ pub async fn sign_references(
         }
         let Some(signer) = signer else {
             return Err(format!(
-                "reference {reference}: s3:// references need AWS credentials (none configured)"
+                "reference {}: s3:// references need AWS credentials (none configured)",
+                crate::redact::display_url(reference)
             ));
         };
         signed.push(
             signer
                 .sign(reference)
                 .await
-                .map_err(|e| format!("reference {reference}: {e}"))?,
+                .map_err(|e| format!("reference {}: {e}", crate::redact::display_url(reference)))?,
         );
     }
     Ok(signed)
+}
+
+/// Buckets `s3://` references may name: the deployment's own (`IMAGEPIPE_BUCKET`) and those listed in
+/// `IMAGEPIPE_REFERENCE_BUCKETS` (comma-separated; `*` allows every bucket the credentials can read).
+/// A row cannot make imagepipe presign, and hand a provider, objects of any other bucket.
+pub fn reference_buckets_from_env() -> Vec<String> {
+    ["IMAGEPIPE_BUCKET", "IMAGEPIPE_REFERENCE_BUCKETS"]
+        .iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .flat_map(|value| value.split(',').map(|b| b.trim().to_owned()).collect::<Vec<_>>())
+        .filter(|b| !b.is_empty())
+        .collect()
+}
+
+/// Refuses `s3://` references to buckets not in `allowed`.
+pub fn check_reference_buckets(references: &[String], allowed: &[String]) -> Result<(), String> {
+    for reference in references {
+        let Some(rest) = reference.strip_prefix("s3://") else {
+            continue;
+        };
+        let bucket = rest.split('/').next().unwrap_or_default();
+        if !allowed.iter().any(|b| b == "*" || b == bucket) {
+            return Err(format!(
+                "reference {}: bucket {bucket:?} is not one references may come from (IMAGEPIPE_REFERENCE_BUCKETS)",
+                crate::redact::display_url(reference)
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Why a provider could not be set up.
@@ -175,4 +206,28 @@ fn env_key(provider: &str, variable: &str) -> Result<String, ProviderSetupError>
         provider: provider.to_owned(),
         variable: variable.to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_references_are_limited_to_the_allowed_buckets() {
+        let refs = |r: &str| vec!["https://cdn.example.com/a.png".to_owned(), r.to_owned()];
+        let allowed = vec!["imagepipe-prod".to_owned()];
+        assert_eq!(
+            check_reference_buckets(&refs("s3://imagepipe-prod/refs/a.png"), &allowed),
+            Ok(())
+        );
+        let error = check_reference_buckets(&refs("s3://payroll/2026.png"), &allowed).unwrap_err();
+        assert!(
+            error.contains("bucket \"payroll\" is not one references may come from"),
+            "{error}"
+        );
+        assert_eq!(
+            check_reference_buckets(&refs("s3://payroll/x"), &["*".to_owned()]),
+            Ok(())
+        );
+    }
 }

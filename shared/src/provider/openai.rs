@@ -6,7 +6,8 @@
 
 use serde_json::json;
 
-use super::http::{ApiEndpoint, fetch_reference, first_data_image, read_response};
+use super::fetch::fetch_references;
+use super::http::{ApiEndpoint, first_data_image, read_response};
 use super::{ImageProvider, ImageRequest, ProviderError, ProviderImage, ProviderSetupError, Usage};
 use crate::template::ImageSize;
 
@@ -24,6 +25,12 @@ impl OpenAiProvider {
         Self {
             api: ApiEndpoint::new(client, base_url, api_key),
         }
+    }
+
+    /// Downloads (references, image URLs) through `fetch` instead of the environment's allow list.
+    pub fn with_fetch(mut self, fetch: crate::net::FetchClient) -> Self {
+        self.api.fetch = fetch;
+        self
     }
 
     /// From `OPENAI_API_KEY` and, optionally, `IMAGEPIPE_OPENAI_BASE_URL`.
@@ -52,8 +59,8 @@ impl OpenAiProvider {
             .timeout(request.timeout)
             .send()
             .await;
-        let text = read_response("openai", response).await?;
-        let bytes = first_data_image(&self.api.client, "openai", &text, request.timeout).await?;
+        let text = read_response("openai", response, self.api.api_key()).await?;
+        let bytes = first_data_image(&self.api.fetch, "openai", &text, request.timeout).await?;
         let usage: Option<serde_json::Value> = serde_json::from_str(&text).ok();
         let tokens = |field: &str| usage.as_ref()?.pointer(&format!("/usage/{field}"))?.as_u64();
         Ok(ProviderImage {
@@ -79,14 +86,14 @@ impl OpenAiProvider {
         if let Some(quality) = &request.quality {
             form = form.text("quality", quality.clone());
         }
-        for (i, url) in request.references.iter().enumerate() {
-            let (bytes, mime) = fetch_reference(&self.api.client, url, request.timeout).await?;
+        let references = fetch_references(&self.api.fetch, &request.references, request.timeout).await?;
+        for (i, (bytes, mime)) in references.into_iter().enumerate() {
             let ext = mime.rsplit('/').next().unwrap_or("png");
-            let part = reqwest::multipart::Part::bytes(bytes.to_vec())
+            let part = reqwest::multipart::Part::bytes(Vec::from(bytes))
                 .file_name(format!("reference-{i}.{ext}"))
                 .mime_str(&mime)
                 .map_err(|e| ProviderError::Rejected {
-                    message: format!("openai: reference {url}: {e}"),
+                    message: format!("openai: reference {}: {e}", i + 1),
                 })?;
             form = form.part("image[]", part);
         }

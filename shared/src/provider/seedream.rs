@@ -25,6 +25,12 @@ impl SeedreamProvider {
         }
     }
 
+    /// Downloads (references, image URLs) through `fetch` instead of the environment's allow list.
+    pub fn with_fetch(mut self, fetch: crate::net::FetchClient) -> Self {
+        self.api.fetch = fetch;
+        self
+    }
+
     /// From `ARK_API_KEY` and, optionally, `IMAGEPIPE_ARK_BASE_URL`.
     pub fn from_env(client: reqwest::Client) -> Result<Self, ProviderSetupError> {
         Ok(Self {
@@ -62,7 +68,10 @@ impl ImageProvider for SeedreamProvider {
         {
             // ModelArk fetches references itself, so they must be URLs it can reach.
             return Err(ProviderError::Rejected {
-                message: format!("seedream: reference {other:?} must be an http(s) URL"),
+                message: format!(
+                    "seedream: reference {} must be an http(s) URL",
+                    crate::redact::display_url(other)
+                ),
             });
         }
         if !request.references.is_empty() {
@@ -78,8 +87,8 @@ impl ImageProvider for SeedreamProvider {
             .json(&body)
             .send()
             .await;
-        let text = read_response("seedream", response).await?;
-        let bytes = first_data_image(&self.api.client, "seedream", &text, request.timeout).await?;
+        let text = read_response("seedream", response, self.api.api_key()).await?;
+        let bytes = first_data_image(&self.api.fetch, "seedream", &text, request.timeout).await?;
         Ok(ProviderImage {
             bytes,
             reported_cost_usd: None,

@@ -5,11 +5,15 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::catalog::ModelInfo;
-use crate::image_format::{self, NotAnImage};
+use crate::image_format::{self, ImageFormat, NotAnImage};
 use crate::job::Job;
-use crate::provider::{ImageProvider, ImageRequest, ProviderError, ReferenceSigner, sign_references};
+use crate::provider::http::MAX_IMAGE_BYTES;
+use crate::provider::{
+    ImageProvider, ImageRequest, ProviderError, ReferenceSigner, check_reference_buckets, reference_buckets_from_env,
+    sign_references,
+};
 use crate::report::ImageEntry;
-use crate::store::{IMAGE_CACHE_CONTROL, NewObject, ObjectStore, StoreError, image_key};
+use crate::store::{IMAGE_CACHE_CONTROL, NewObject, ObjectStore, PutOutcome, StoreError, image_key};
 
 /// A job's image is in the store.
 #[derive(Debug, Clone, PartialEq)]
@@ -110,6 +114,7 @@ pub async fn generate_new<S: ObjectStore>(
     signer: Option<&dyn ReferenceSigner>,
     timeout: Duration,
 ) -> Result<Generated, JobError> {
+    check_reference_buckets(&job.references, &reference_buckets_from_env()).map_err(JobError::Invalid)?;
     let request = ImageRequest {
         provider_model: model.provider_model.clone(),
         quality: model.quality.clone(),
@@ -125,12 +130,8 @@ pub async fn generate_new<S: ObjectStore>(
     let info = image_format::inspect(&image.bytes)?;
     let object_key = image_key(job.key.as_str(), info.format);
     let bytes = image.bytes.len() as u64;
-    store
-        .put_if_absent(
-            &object_key,
-            image_object(job, &model.provider_model, info.format.content_type(), image.bytes),
-        )
-        .await?;
+    let object = image_object(job, &model.provider_model, info.format.content_type(), image.bytes);
+    store_image(store, &object_key, info.format, object).await?;
     Ok(Generated {
         object_key,
         content_type: info.format.content_type().to_owned(),
@@ -143,22 +144,64 @@ pub async fn generate_new<S: ObjectStore>(
     })
 }
 
-/// The job's image when it is already stored (an earlier run or delivery made it).
+/// The job's image when it is already stored (an earlier run or delivery made it) and is a whole
+/// image. A broken object (empty, an HTML page, cut short) is not reused: the job regenerates it and
+/// the new image replaces it.
 pub async fn existing_image<S: ObjectStore>(store: &S, job: &Job) -> Result<Option<Generated>, StoreError> {
-    let Some(existing) = store.find_image(job.key.as_str()).await? else {
+    let Some(found) = store.find_image(job.key.as_str()).await? else {
         return Ok(None);
     };
-    tracing::info!(object_key = %existing.key, "image exists; provider not called");
-    Ok(Some(Generated {
-        object_key: existing.key,
-        content_type: existing.content_type,
-        bytes: existing.size,
-        width: None,
-        height: None,
-        reused: true,
-        cost_usd: 0.0,
-        credits_used: None,
-    }))
+    // The first format found may be a broken leftover next to a good image in another format.
+    for format in ImageFormat::ALL {
+        let key = image_key(job.key.as_str(), format);
+        if key == found.key && found.size > MAX_IMAGE_BYTES as u64 {
+            tracing::warn!(object_key = %key, bytes = found.size, "stored image is too large to be one; regenerating");
+            continue;
+        }
+        let Some(bytes) = store.get(&key).await? else {
+            continue;
+        };
+        match image_format::inspect(&bytes) {
+            Ok(info) if info.format == format => {
+                tracing::info!(object_key = %key, "image exists; provider not called");
+                return Ok(Some(Generated {
+                    object_key: key,
+                    content_type: format.content_type().to_owned(),
+                    bytes: bytes.len() as u64,
+                    width: Some(info.width),
+                    height: Some(info.height),
+                    reused: true,
+                    cost_usd: 0.0,
+                    credits_used: None,
+                }));
+            }
+            Ok(info) => {
+                tracing::warn!(object_key = %key, found = ?info.format, "stored image has the wrong extension; regenerating")
+            }
+            Err(e) => tracing::warn!(object_key = %key, error = %e, "stored image is broken; regenerating"),
+        }
+    }
+    Ok(None)
+}
+
+/// Writes a new image create-if-absent; what is already at the key is replaced only when it is
+/// not a whole image of that format (a broken leftover).
+async fn store_image<S: ObjectStore>(
+    store: &S,
+    key: &str,
+    format: ImageFormat,
+    object: NewObject,
+) -> Result<(), StoreError> {
+    if store.put_if_absent(key, object.clone()).await? == PutOutcome::Created {
+        return Ok(());
+    }
+    let present = store.get(key).await?;
+    let whole = present.is_some_and(|bytes| image_format::inspect(&bytes).is_ok_and(|info| info.format == format));
+    if !whole {
+        tracing::warn!(object_key = %key, "replacing a broken image");
+        store.put(key, object).await?;
+    }
+    Ok(())
 }
 
 /// The stored object: immutable caching and ASCII-only metadata (the prompt goes in as its hash).
