@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use imagepipe::adapters::s3_store::S3Signer;
+use imagepipe::adapters::s3_store::LazyS3Signer;
 use imagepipe::catalog::Catalog;
-use imagepipe::lambda::AwsClients;
 use imagepipe::local::{CancellationToken, INTERRUPT_GRACE, LocalRun, Publishing, report_path};
 use imagepipe::provider;
 use imagepipe::publish::{HttpCms, SlackWebhook, http_client};
@@ -155,11 +154,8 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 template,
                 catalog,
                 provider,
-                // Presigning needs AWS credentials only when a row has an s3:// reference.
-                signer: Some(Arc::new(S3Signer::new(
-                    AwsClients::from_env().await.s3,
-                    Duration::from_secs(3600),
-                ))),
+                // The AWS configuration is loaded only when a row has an s3:// reference to presign.
+                signer: Some(Arc::new(LazyS3Signer::new(Duration::from_secs(3600)))),
                 out_dir: out,
                 concurrency: concurrency.into(),
                 retry: RetryPolicy {

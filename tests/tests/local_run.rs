@@ -240,3 +240,47 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test]
+async fn a_run_of_more_rows_than_the_report_lists_counts_them_all_and_writes_a_line_per_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("sku,name,color\n");
+    for n in 1..=130 {
+        let color = if n == 7 { "" } else { "red" };
+        csv.push_str(&format!("SKU-{n},=cmd|' /C calc'!A0 {n},{color}\n"));
+    }
+    let refused = ProviderError::Rejected {
+        message: "safety".into(),
+    };
+    let provider = ScriptedProvider::default().on("A0 13 in", Script::Always(refused));
+    let run_cfg = local_run(dir.path(), csv.as_bytes(), Arc::new(provider), 8);
+    let report = run(&run_cfg).await;
+    assert_eq!(
+        (report.rows, report.succeeded, report.failed, report.invalid),
+        (130, 128, 1, 1)
+    );
+    assert_eq!(
+        report.images.len(),
+        imagepipe::report::LISTED,
+        "the report lists the first 100"
+    );
+    assert_eq!(
+        report.images.last().unwrap().row,
+        102,
+        "by row: row 7 is invalid, row 13 failed"
+    );
+    let results = std::fs::read_to_string(run_cfg.out_dir.join(format!("runs/{}/results.csv", report.run_id))).unwrap();
+    let lines: Vec<&str> = results.lines().collect();
+    assert_eq!(lines.len(), 131, "a header and one line per row");
+    assert!(lines[7].starts_with("7,,invalid,"), "{}", lines[7]);
+    assert!(lines[13].starts_with("13,product/SKU-13,failed,"), "{}", lines[13]);
+    assert!(
+        lines[130].starts_with("130,product/SKU-130,succeeded,"),
+        "{}",
+        lines[130]
+    );
+    assert_eq!(
+        report.results.as_deref().map(|r| r.ends_with("results.csv")),
+        Some(true)
+    );
+}

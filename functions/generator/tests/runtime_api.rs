@@ -18,6 +18,7 @@ async fn the_generator_binary_answers_an_sqs_event_through_the_runtime_api() {
     let bucket = support::bucket(&clients).await;
     let jobs = support::queue(&clients, "bb-jobs", Default::default()).await;
     let events = support::queue(&clients, "bb-events", Default::default()).await;
+    let table = support::table(&clients).await;
     let event = include_str!("../../../events/sqs-jobs.json").to_owned();
     let (api, mut posted) = runtime_api::serve(event).await;
 
@@ -33,6 +34,8 @@ async fn the_generator_binary_answers_an_sqs_event_through_the_runtime_api() {
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_ENDPOINT_URL", support::endpoint())
         .env("IMAGEPIPE_BUCKET", &bucket)
+        .env("LEDGER_TABLE", &table)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("JOBS_QUEUE_URL", &jobs)
         .env("EVENTS_QUEUE_URL", &events)
         .env("IMAGEPIPE_PROVIDER", "placeholder")

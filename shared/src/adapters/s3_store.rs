@@ -400,6 +400,34 @@ impl S3Signer {
     }
 }
 
+/// An [`S3Signer`] whose AWS configuration (region, credentials) is loaded on the first `s3://`
+/// reference: a run without one never touches the AWS configuration.
+#[derive(Debug)]
+pub struct LazyS3Signer {
+    expires: std::time::Duration,
+    signer: tokio::sync::OnceCell<S3Signer>,
+}
+
+impl LazyS3Signer {
+    pub fn new(expires: std::time::Duration) -> Self {
+        Self {
+            expires,
+            signer: tokio::sync::OnceCell::new(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::provider::ReferenceSigner for LazyS3Signer {
+    async fn sign(&self, uri: &str) -> Result<String, String> {
+        let signer = self
+            .signer
+            .get_or_init(|| async { S3Signer::new(crate::lambda::AwsClients::from_env().await.s3, self.expires) })
+            .await;
+        signer.sign(uri).await
+    }
+}
+
 #[async_trait::async_trait]
 impl crate::provider::ReferenceSigner for S3Signer {
     async fn sign(&self, uri: &str) -> Result<String, String> {

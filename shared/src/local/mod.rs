@@ -17,12 +17,13 @@ pub use tokio_util::sync::CancellationToken;
 
 use crate::adapters::fs_store::FsObjectStore;
 use crate::catalog::Catalog;
+use crate::events::Outcome;
 use crate::job::{Job, run_id};
 use crate::provider::{ImageProvider, ReferenceSigner};
 use crate::publish::{HttpCms, SlackWebhook};
-use crate::report::{ReportBuilder, RunReport};
+use crate::report::{ImageEntry, ReportBuilder, RunReport};
 use crate::retry::RetryPolicy;
-use crate::rows::{CsvError, RowOutcome, RowReader};
+use crate::rows::{CsvError, InvalidRow, RowOutcome, RowReader};
 use crate::store::{NewObject, ObjectStore};
 use crate::template::Template;
 use crate::usecase::finalize::{completion_message, notify, start_message, update_cms};
@@ -155,11 +156,13 @@ impl LocalRun {
             .buffer_unordered(self.concurrency.max(1));
         let mut outcomes = std::pin::pin!(outcomes);
         let mut done = 0;
+        // Every row's outcome, for the CMS and results.csv (the report itself keeps the first few).
+        let mut rows = Vec::new();
         while let Some(outcome) = outcomes.next().await {
-            match outcome {
-                Ok(image) => report.image(image),
-                Err(failure) => report.failure(failure),
-            }
+            rows.push(match outcome {
+                Ok(image) => Outcome::Succeeded { image, cms: None },
+                Err(failure) => Outcome::Failed { failure },
+            });
             done += 1;
             progress(done, plan.valid);
         }
@@ -174,8 +177,14 @@ impl LocalRun {
             Ok(Err(e)) => return Err(e.into()),
             Err(e) => return Err(RunError::Report(format!("CSV reader stopped: {e}"))),
         }
-        let report = report.finish(started.elapsed().as_secs_f64());
-        self.conclude(&store, report, interrupt.is_cancelled()).await
+        let finished = Finished {
+            run_id: &run_id,
+            rows,
+            invalid: &plan.invalid_rows,
+            started,
+            interrupted: interrupt.is_cancelled(),
+        };
+        self.conclude(&store, report, finished).await
     }
 
     /// Plans while copying the CSV to a private file; returns the plan, the copy and its digest.
@@ -193,28 +202,63 @@ impl LocalRun {
         Ok((plan, snapshot, digest))
     }
 
-    /// CMS updates (not for an interrupted run), the report, the completion message.
+    /// CMS updates (not for an interrupted run), `results.csv`, the report, the completion message.
     async fn conclude(
         &self,
         store: &FsObjectStore,
-        mut report: RunReport,
-        interrupted: bool,
+        mut builder: ReportBuilder,
+        finished: Finished<'_>,
     ) -> Result<RunReport, RunError> {
+        let Finished {
+            run_id,
+            mut rows,
+            invalid,
+            started,
+            interrupted,
+        } = finished;
         if let Some(cms) = self.publish.cms.as_ref().filter(|_| !interrupted) {
-            let base = self
-                .publish
-                .public_base_url
-                .as_deref()
+            let base = (self.publish.public_base_url.as_deref())
                 .unwrap_or_default()
                 .trim_end_matches('/');
-            update_cms(
-                &mut report,
+            let images: Vec<ImageEntry> = rows
+                .iter()
+                .filter_map(|o| match o {
+                    Outcome::Succeeded { image, .. } => Some(image.clone()),
+                    Outcome::Failed { .. } => None,
+                })
+                .collect();
+            let results = update_cms(
+                &images,
                 cms,
                 |image| format!("{base}/{}", image.object_key),
                 &self.retry,
             )
             .await;
+            let mut results = results.into_iter();
+            for row in &mut rows {
+                if let Outcome::Succeeded { cms, .. } = row {
+                    *cms = results.next();
+                }
+            }
         }
+        rows.sort_by_key(Outcome::row);
+        let results_key = results_key(run_id);
+        write_results(store, &results_key, &rows, invalid, &self.out_dir)
+            .await
+            .map_err(|e| RunError::Report(e.to_string()))?;
+        for row in rows {
+            match row {
+                Outcome::Succeeded { image, cms } => {
+                    if let Some(result) = cms {
+                        builder.cms(&image, result);
+                    }
+                    builder.image(image);
+                }
+                Outcome::Failed { failure } => builder.failure(failure),
+            }
+        }
+        builder.results(&self.out_dir.join(&results_key).display().to_string());
+        let report = builder.finish(started.elapsed().as_secs_f64());
         self.write_report(store, &report, interrupted).await?;
         let location = report_path(&self.out_dir, &report.run_id).display().to_string();
         self.post(&completion_message(&report, &location), "completion").await;
@@ -311,6 +355,54 @@ struct StoredReport<'a> {
     report: &'a RunReport,
     /// `complete`, or `interrupted` (Ctrl-C): rows not done are failures saying so.
     state: &'static str,
+}
+
+/// What a run leaves to conclude: every row's outcome and the invalid rows.
+struct Finished<'a> {
+    run_id: &'a str,
+    rows: Vec<Outcome>,
+    invalid: &'a [InvalidRow],
+    started: Instant,
+    interrupted: bool,
+}
+
+/// Writes `results.csv`: a line per row, outcomes and invalid rows merged in row order.
+async fn write_results(
+    store: &FsObjectStore,
+    key: &str,
+    rows: &[Outcome],
+    invalid: &[InvalidRow],
+    out_dir: &Path,
+) -> Result<(), crate::store::StoreError> {
+    let mut upload = crate::store::ObjectStore::upload(store, key, "text/csv").await?;
+    let mut text = String::from(crate::results::HEADER);
+    let (mut rows, mut invalid) = (rows.iter().peekable(), invalid.iter().peekable());
+    loop {
+        let next_invalid = match (rows.peek(), invalid.peek()) {
+            (Some(o), Some(i)) => i.row < o.row(),
+            (None, Some(_)) => true,
+            (Some(_), None) => false,
+            (None, None) => break,
+        };
+        if next_invalid {
+            crate::results::invalid_line(&mut text, invalid.next().expect("peeked"));
+        } else if let Some(outcome) = rows.next() {
+            let path = match outcome {
+                Outcome::Succeeded { image, .. } => out_dir.join(&image.object_key).display().to_string(),
+                Outcome::Failed { .. } => String::new(),
+            };
+            crate::results::outcome_line(&mut text, outcome, &path);
+        }
+        if text.len() >= crate::usecase::report::PART_BYTES {
+            crate::store::Upload::part(&mut upload, std::mem::take(&mut text).into()).await?;
+        }
+    }
+    crate::store::Upload::finish(upload, text.into()).await
+}
+
+/// Where a run's line-per-row results are, relative to the output root.
+pub fn results_key(run_id: &str) -> String {
+    format!("runs/{run_id}/results.csv")
 }
 
 /// Where a run's report is stored, relative to the output root or bucket.

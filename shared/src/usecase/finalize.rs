@@ -3,7 +3,7 @@
 use futures::StreamExt;
 
 use crate::publish::{Cms, Notifier, PublishError};
-use crate::report::{FailureEntry, ImageEntry, RunReport};
+use crate::report::{ImageEntry, RunReport};
 use crate::retry::RetryPolicy;
 
 /// CMS updates in flight at once.
@@ -16,41 +16,25 @@ pub fn sku_of(key: &str) -> &str {
     key.split_once('/').map_or(key, |(_, sku)| sku)
 }
 
-/// Updates the CMS for each image in `report`, recording successes and failures in the report.
+/// Points the CMS at each of `images` (retried); the result of each, in the same order.
 pub async fn update_cms<C: Cms>(
-    report: &mut RunReport,
+    images: &[ImageEntry],
     cms: &C,
     image_url: impl Fn(&ImageEntry) -> String,
     retry: &RetryPolicy,
-) {
-    let results: Vec<Result<(), FailureEntry>> = futures::stream::iter(report.images.iter())
+) -> Vec<Result<(), String>> {
+    futures::stream::iter(images)
         .map(|image| {
             let url = image_url(image);
             async move {
                 with_retry(retry, || cms.update_image(sku_of(&image.key), &url))
                     .await
-                    .map_err(|(error, attempts)| FailureEntry {
-                        row: image.row,
-                        key: image.key.clone(),
-                        reason: error.message,
-                        attempts,
-                    })
+                    .map_err(|(error, attempts)| format!("{} (after {attempts} attempts)", error.message))
             }
         })
-        .buffer_unordered(CMS_CONCURRENCY)
+        .buffered(CMS_CONCURRENCY)
         .collect()
-        .await;
-    for result in results {
-        match result {
-            Ok(()) => report.cms_updated += 1,
-            Err(failure) => {
-                report.cms_failed += 1;
-                report.cms_failures.push(failure);
-            }
-        }
-    }
-    report.cms_failures.sort_by_key(|f| f.row);
-    report.cms_failures.truncate(crate::report::LISTED);
+        .await
 }
 
 /// The message that announces a run.
