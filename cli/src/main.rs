@@ -1,8 +1,10 @@
-//! `imagepipe`: plan and run CSV → image pipelines on one machine, and list the model catalog.
+//! `imagepipe`: plan and run CSV → image pipelines on one machine, list the model catalog, and
+//! operate a deployed stack (its templates and models, submitting, watching and cancelling runs).
 
 mod output;
+mod stack;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use imagepipe::adapters::s3_store::LazyS3Signer;
 use imagepipe::catalog::Catalog;
+use imagepipe::ledger::RunState;
 use imagepipe::local::{CancellationToken, INTERRUPT_GRACE, LocalRun, Publishing, report_path};
 use imagepipe::provider;
 use imagepipe::publish::{HttpCms, SlackWebhook, http_client};
@@ -83,6 +86,59 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check a deployment's templates and models files, or push them to its bucket.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Upload a CSV to a deployed stack (incoming/<template>/<file>) and print its run id.
+    Submit {
+        /// The CSV file.
+        csv: PathBuf,
+        /// Template name (built-in or from the stack's config/templates.toml).
+        #[arg(short, long)]
+        template: String,
+        /// Show progress until the run's report exists, then its summary.
+        #[arg(long)]
+        wait: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        stack: stack::StackArgs,
+    },
+    /// A run's progress from the ledger (counts, spend, rate, ETA), or the runs not yet complete.
+    Status {
+        /// The run; without it, the open runs.
+        run_id: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        stack: stack::StackArgs,
+    },
+    /// Stop a run: generators stop starting its jobs within seconds; the rest is reported not attempted.
+    Cancel {
+        run_id: String,
+        #[command(flatten)]
+        stack: stack::StackArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate templates and models files offline, as the splitter will.
+    Check {
+        #[command(flatten)]
+        files: stack::ConfigFiles,
+    },
+    /// Validate the files, then upload them to the stack's config/.
+    Push {
+        #[command(flatten)]
+        files: stack::ConfigFiles,
+        #[command(flatten)]
+        stack: stack::StackArgs,
+    },
 }
 
 #[tokio::main]
@@ -111,6 +167,53 @@ async fn main() -> ExitCode {
 async fn execute(command: Command) -> anyhow::Result<ExitCode> {
     let catalog = Catalog::builtin();
     match command {
+        Command::Config { action } => config(action).await,
+        Command::Submit {
+            csv,
+            template,
+            wait,
+            json,
+            stack,
+        } => {
+            let stack = stack.resolve().await?;
+            let (run_id, source) = stack::submit(&stack, &csv, &template).await?;
+            if !wait {
+                output::submitted(&run_id, &source, json)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!("{source}: run {run_id}");
+            let report = stack::wait(&stack, &run_id, json).await?;
+            output::report(&report, Path::new(&imagepipe::locations::keys::report(&run_id)), json)?;
+            Ok(exit_code(&report))
+        }
+        Command::Status { run_id, json, stack } => {
+            let stack = stack.resolve().await?;
+            let runs = match run_id {
+                Some(run_id) => vec![stack.run(&run_id).await?],
+                None => {
+                    let mut runs = Vec::new();
+                    for run_id in imagepipe::ledger::RunLedger::open_runs(&stack.ledger).await? {
+                        runs.push(stack.run(&run_id).await?);
+                    }
+                    runs
+                }
+            };
+            output::status(&runs, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { run_id, stack } => {
+            let stack = stack.resolve().await?;
+            let run = stack.run(&run_id).await?;
+            let who = std::env::var("USER").unwrap_or_else(|_| "someone".into());
+            let reason = format!("cancelled by {who} from the command line");
+            let stopped = imagepipe::ledger::RunLedger::stop(&stack.ledger, &run_id, &reason).await?;
+            match (stopped, run.state) {
+                (true, _) => eprintln!("{run_id}: cancelled; generators stop starting its jobs within seconds"),
+                (false, RunState::Complete) => eprintln!("{run_id}: already complete"),
+                (false, _) => eprintln!("{run_id}: already stopped ({})", run.stopped.unwrap_or_default()),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Models { json } => {
             output::models(&catalog, json)?;
             Ok(ExitCode::SUCCESS)
@@ -173,13 +276,40 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             output::report(&report, &report_path(&run.out_dir, &report.run_id), input.json)?;
             Ok(if interrupt.is_cancelled() {
                 ExitCode::from(EXIT_INTERRUPTED)
-            } else if report.failed + report.invalid == 0 && report.cms_failures.is_empty() {
-                ExitCode::SUCCESS
             } else {
-                ExitCode::from(EXIT_INCOMPLETE)
+                exit_code(&report)
             })
         }
     }
+}
+
+/// 0 when every row made its image (and the CMS took it), 1 otherwise.
+fn exit_code(report: &imagepipe::report::RunReport) -> ExitCode {
+    if report.failed + report.invalid == 0 && report.cms_failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_INCOMPLETE)
+    }
+}
+
+async fn config(action: ConfigAction) -> anyhow::Result<ExitCode> {
+    match action {
+        ConfigAction::Check { files } => {
+            stack::check_config(files.templates.as_deref(), files.models.as_deref())?;
+            eprintln!("valid: every template parses and names a model the catalog has");
+        }
+        ConfigAction::Push { files, stack } => {
+            let (templates, models) = stack::check_config(files.templates.as_deref(), files.models.as_deref())?;
+            if templates.is_none() && models.is_none() {
+                anyhow::bail!("nothing to push: give --templates and/or --models");
+            }
+            let stack = stack.resolve().await?;
+            for pushed in stack::push_config(&stack, templates, models).await? {
+                eprintln!("pushed {pushed}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The first Ctrl-C interrupts the run (calls in flight get a grace period, then the report is

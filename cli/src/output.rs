@@ -202,3 +202,27 @@ pub fn report(report: &RunReport, path: &Path, json: bool) -> anyhow::Result<()>
     writeln!(out, "report: {}", path.display())?;
     Ok(())
 }
+
+/// A submitted run: its id (what `status` and `cancel` take) and where its CSV went.
+pub fn submitted(run_id: &str, source: &str, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&serde_json::json!({"run_id": run_id, "csv": source}));
+    }
+    println!("{run_id}");
+    eprintln!("{source}: watch it with `imagepipe status {run_id}`");
+    Ok(())
+}
+
+/// Runs' progress, one line each (or their ledger records as JSON).
+pub fn status(runs: &[imagepipe::ledger::RunRecord], json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&runs);
+    }
+    if runs.is_empty() {
+        println!("no run in progress");
+    }
+    for run in runs {
+        println!("{}", shown(&crate::stack::progress_line(run)));
+    }
+    Ok(())
+}

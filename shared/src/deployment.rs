@@ -24,18 +24,24 @@ pub struct DeploymentConfig {
 }
 
 impl DeploymentConfig {
-    /// The built-ins extended by the given files' texts; an error names the file, line and problem.
+    /// The built-ins extended by the bucket's files' texts; an error names the file, line and problem.
     pub fn from_texts(templates: Option<&str>, models: Option<&str>) -> Result<Self, String> {
+        Self::from_named_texts(templates.map(|t| (TEMPLATES_KEY, t)), models.map(|m| (MODELS_KEY, m)))
+    }
+
+    /// [`from_texts`](Self::from_texts) for files named otherwise (`(name, text)`), as errors name them.
+    pub fn from_named_texts(templates: Option<(&str, &str)>, models: Option<(&str, &str)>) -> Result<Self, String> {
         let mut catalog = Catalog::builtin();
-        if let Some(text) = models {
-            check_size(MODELS_KEY, text)?;
-            catalog.extend_from_toml(text, MODELS_KEY)?;
+        if let Some((name, text)) = models {
+            check_size(name, text)?;
+            catalog.extend_from_toml(text, name)?;
         }
         let mut set = TemplateSet::builtin();
-        if let Some(text) = templates {
-            check_size(TEMPLATES_KEY, text)?;
-            set.extend(TemplateSet::from_toml(text, TEMPLATES_KEY).map_err(|e| e.to_string())?);
+        if let Some((name, text)) = templates {
+            check_size(name, text)?;
+            set.extend(TemplateSet::from_toml(text, name).map_err(|e| e.to_string())?);
         }
+        let templates = templates.map(|(_, text)| text);
         Ok(Self {
             templates: set,
             catalog,

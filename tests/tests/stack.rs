@@ -37,6 +37,8 @@ fn stage() -> tempfile::TempDir {
         .args([
             "build",
             "--package",
+            "imagepipe-cli",
+            "--package",
             "splitter",
             "--package",
             "generator",
@@ -113,6 +115,15 @@ async fn gemini_stand_in() -> MockServer {
     Mock::given(body_string_contains("Product photo of Ceramic pour-over"))
         .respond_with(ResponseTemplate::new(400).set_body_json(refusal))
         .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(body_string_contains("Slow product"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(image.clone())
+                .set_delay(Duration::from_secs(5)),
+        )
+        .with_priority(2)
         .mount(&server)
         .await;
     Mock::given(body_string_contains("Product photo of Leather weekender"))
@@ -406,4 +417,122 @@ async fn the_deployed_stack_runs_uploads_and_schedules_end_to_end() {
             .iter()
             .all(|t| !t.contains("stack-cms-token") && !t.contains("stack-gemini-key"))
     );
+
+    operate_with_the_cli(&stack, &gemini, &slack, &faulty.run_id).await;
+}
+
+/// The `imagepipe` binary against the deployed stack, named by `--stack` alone.
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let binary = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace().join("target"), PathBuf::from)
+        .join("debug/imagepipe");
+    let output = Command::new(binary)
+        .args(args)
+        .env("AWS_ENDPOINT_URL", support::endpoint())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.success(), text(&output.stdout), text(&output.stderr))
+}
+
+/// A team's own template pushed with `config push` drives a run started by `submit --wait`;
+/// `status` reads a run's progress; `cancel` stops a run of slow calls part-way.
+async fn operate_with_the_cli(stack: &str, gemini: &MockServer, slack: &MockServer, faulty_run: &str) {
+    let files = tempfile::tempdir().unwrap();
+    let (templates, models, csv) = (
+        files.path().join("templates.toml"),
+        files.path().join("models.toml"),
+        files.path().join("house.csv"),
+    );
+    std::fs::write(
+        &templates,
+        "[templates.house]\nprompt = \"House style shot of {name}\"\nmodel = \"house-model\"\nkey = \"{sku}\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &models,
+        "prices_as_of = \"2026-12-01\"\n[models.house-model]\nprovider = \"gemini\"\n\
+         provider_model = \"gemini-2.5-flash-image\"\nprice_per_image = 0.02\n",
+    )
+    .unwrap();
+    std::fs::write(&csv, "sku,name\nH-1,Oak table\nH-2,Linen chair\n").unwrap();
+    let (t, m, c) = (
+        templates.to_str().unwrap(),
+        models.to_str().unwrap(),
+        csv.to_str().unwrap(),
+    );
+    let (ok, _, err) = cli(&["config", "push", "--stack", stack, "--templates", t, "--models", m]);
+    assert!(ok, "config push: {err}");
+
+    let (ok, out, err) = cli(&["submit", c, "-t", "house", "--stack", stack, "--wait", "--json"]);
+    assert!(ok, "submit --wait: {err}");
+    let report: RunReport = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (report.succeeded, report.model.as_str()),
+        (2, "house-model"),
+        "{report:?}"
+    );
+    let prompts = gemini.received_requests().await.unwrap();
+    assert_eq!(
+        prompts
+            .iter()
+            .filter(|r| String::from_utf8_lossy(&r.body).contains("House style shot of"))
+            .count(),
+        2
+    );
+
+    let (ok, out, err) = cli(&["status", faulty_run, "--stack", stack, "--json"]);
+    assert!(ok, "status: {err}");
+    let runs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (runs[0]["succeeded"].as_u64(), runs[0]["state"].as_str()),
+        (Some(4), Some("complete"))
+    );
+
+    // 300 slow calls (5 s each, 50 in flight): cancelled two seconds in, most are never made.
+    let mut slow = String::from("sku,name,color\n");
+    for n in 1..=300 {
+        slow.push_str(&format!("SLOW-{n},Slow product {n},grey\n"));
+    }
+    std::fs::write(files.path().join("slow.csv"), slow).unwrap();
+    let slow_csv = files.path().join("slow.csv");
+    let (ok, run_id, err) = cli(&[
+        "submit",
+        slow_csv.to_str().unwrap(),
+        "-t",
+        "product_hero",
+        "--stack",
+        stack,
+    ]);
+    assert!(ok, "submit: {err}");
+    let run_id = run_id.trim().to_owned();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ok, _, err) = cli(&["cancel", &run_id, "--stack", stack]);
+    assert!(ok && err.contains("cancelled"), "cancel: {err}");
+    let bucket = format!("{stack}-000000000000-us-east-1");
+    let cancelled = wait_for_report(&bucket, "incoming/product_hero/slow.csv", Duration::from_secs(240)).await;
+    assert_eq!(cancelled.succeeded + cancelled.failed, 300);
+    let not_attempted = cancelled
+        .failure_reasons
+        .iter()
+        .filter(|r| r.reason.starts_with("not attempted"))
+        .map(|r| r.rows)
+        .sum::<u64>();
+    assert!(
+        not_attempted >= 150,
+        "only {not_attempted} rows were not attempted: {cancelled:?}"
+    );
+    assert!(cancelled.stopped.as_deref().unwrap_or_default().contains("cancelled"));
+    wait_for_completions(slack, 4 + 3 + 2, Duration::from_secs(30)).await;
+    let texts = support::slack_texts(slack).await;
+    let messages: Vec<&String> = texts
+        .iter()
+        .filter(|t| t.contains(&format!("`{run_id}` finished")))
+        .collect();
+    assert_eq!(messages.len(), 1, "{texts:#?}");
+    assert!(messages[0].contains("Stopped: cancelled"), "{messages:?}");
 }
