@@ -117,6 +117,22 @@ enum Command {
         #[command(flatten)]
         stack: stack::StackArgs,
     },
+    /// Send a complete run's failed rows again (those that may succeed now, or --all-failed); the
+    /// run completes again with its report rewritten. Images already made are not paid again.
+    Redrive {
+        run_id: String,
+        /// Every failed row, refusals included.
+        #[arg(long)]
+        all_failed: bool,
+        /// Show progress until the report is rewritten, then the summary.
+        #[arg(long)]
+        wait: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        stack: stack::StackArgs,
+    },
     /// Stop a run: generators stop starting its jobs within seconds; the rest is reported not attempted.
     Cancel {
         run_id: String,
@@ -200,6 +216,23 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             };
             output::status(&runs, json)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Redrive {
+            run_id,
+            all_failed,
+            wait,
+            json,
+            stack,
+        } => {
+            let stack = stack.resolve().await?;
+            let sent = stack::redrive(&stack, &run_id, all_failed).await?;
+            eprintln!("{run_id}: {sent} rows sent again");
+            if sent == 0 || !wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let report = stack::wait(&stack, &run_id, json).await?;
+            output::report(&report, Path::new(&imagepipe::locations::keys::report(&run_id)), json)?;
+            Ok(exit_code(&report))
         }
         Command::Cancel { run_id, stack } => {
             let stack = stack.resolve().await?;

@@ -28,6 +28,9 @@ pub struct StackArgs {
     /// The stack's run-ledger table (instead of the stack's output).
     #[arg(long)]
     pub table: Option<String>,
+    /// The stack's jobs queue URL (instead of the stack's output; `redrive` sends to it).
+    #[arg(long)]
+    pub jobs_queue: Option<String>,
 }
 
 /// A deployed stack, resolved.
@@ -35,6 +38,8 @@ pub struct Stack {
     pub clients: AwsClients,
     pub bucket: String,
     pub ledger: DynamoLedger,
+    /// The jobs queue, when known.
+    pub jobs_queue: Option<String>,
 }
 
 impl StackArgs {
@@ -46,8 +51,8 @@ impl StackArgs {
         let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
         let custom_endpoint = std::env::var_os("AWS_ENDPOINT_URL").is_some();
         let clients = AwsClients::new(&config, custom_endpoint);
-        let (bucket, table) = match (&self.bucket, &self.table, &self.stack) {
-            (Some(bucket), Some(table), _) => (bucket.clone(), table.clone()),
+        let (bucket, table, jobs_queue) = match (&self.bucket, &self.table, &self.stack) {
+            (Some(bucket), Some(table), None) => (bucket.clone(), table.clone(), self.jobs_queue.clone()),
             (_, _, Some(stack)) => {
                 let outputs = stack_outputs(&config, stack).await?;
                 let output = |name: &str| {
@@ -60,6 +65,7 @@ impl StackArgs {
                 (
                     self.bucket.clone().map_or_else(|| output("BucketName"), Ok)?,
                     self.table.clone().map_or_else(|| output("LedgerTableName"), Ok)?,
+                    self.jobs_queue.clone().or_else(|| output("JobsQueueUrl").ok()),
                 )
             }
             _ => bail!("name the stack with --stack NAME (or IMAGEPIPE_STACK), or give --bucket and --table"),
@@ -69,6 +75,7 @@ impl StackArgs {
             clients,
             bucket,
             ledger,
+            jobs_queue,
         })
     }
 }
@@ -201,6 +208,28 @@ pub async fn submit(stack: &Stack, csv: &Path, template: &str) -> anyhow::Result
     let etag = put.e_tag().unwrap_or_default().trim_matches('"').to_owned();
     let source = format!("s3://{}/{key}", stack.bucket);
     Ok((imagepipe::job::run_id(&[&source, &etag, template, &model]), source))
+}
+
+/// Sends the failed rows of `run_id` again (those worth retrying, or `all` of them); returns how
+/// many jobs were queued.
+pub async fn redrive(stack: &Stack, run_id: &str, all: bool) -> anyhow::Result<u64> {
+    use imagepipe::usecase::redrive;
+    let run = stack.run(run_id).await?;
+    if run.state != RunState::Complete {
+        bail!(
+            "run {run_id} is still {}: redrive it once it is complete",
+            run.state.as_str()
+        );
+    }
+    let queue = stack
+        .jobs_queue
+        .as_deref()
+        .context("the jobs queue is not known: name the stack with --stack, or give --jobs-queue")?;
+    let rows = redrive::failed_rows(&stack.ledger, run_id, all).await?;
+    let source =
+        imagepipe::adapters::s3_store::S3Csv::of_run(stack.clients.s3.clone(), &run).map_err(anyhow::Error::msg)?;
+    let jobs = imagepipe::adapters::sqs_queue::SqsQueue::new(stack.clients.sqs.clone(), queue);
+    Ok(redrive::redrive(&stack.ledger, &jobs, &run, &source, &rows).await?)
 }
 
 /// Progress as people read it: done/total, failed, spend, rate and ETA.

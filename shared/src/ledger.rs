@@ -109,6 +109,8 @@ pub struct RunRecord {
     /// Why the run stopped calling the provider (credentials refused, spend cap reached, cancelled):
     /// its remaining rows fail as "not attempted" without a provider call.
     pub stopped: Option<String>,
+    /// Times failed rows were sent again (`imagepipe redrive`).
+    pub redrives: u64,
 }
 
 impl RunRecord {
@@ -145,6 +147,7 @@ impl RunRecord {
             started_announced: false,
             completed_at_ms: None,
             stopped: None,
+            redrives: 0,
         }
     }
 
@@ -326,6 +329,11 @@ pub trait RunLedger: Send + Sync {
         cap_usd: f64,
         reason: &str,
     ) -> impl Future<Output = Result<bool, LedgerError>> + Send;
+
+    /// Takes back the recorded failures of `rows` (their outcomes and counts) so they can be sent
+    /// again: the run is open once more, not stopped, and completes again when they are recorded.
+    /// Returns the rows taken back (rows without a recorded failure are left as they are).
+    fn reopen(&self, run_id: &str, rows: &[u64]) -> impl Future<Output = Result<Vec<u64>, LedgerError>> + Send;
 
     /// Runs not yet complete, oldest first (for the reconciler; a short list).
     fn open_runs(&self) -> impl Future<Output = Result<Vec<String>, LedgerError>> + Send;

@@ -96,6 +96,9 @@ pub struct RunReport {
     /// Where the line of every row is (`results.csv`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub results: Option<String>,
+    /// Times failed rows were sent again; the report is rewritten after each.
+    #[serde(default)]
+    pub redrives: u64,
     /// Why the run stopped calling the provider part-way (credentials refused, spend cap, cancelled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
@@ -195,6 +198,7 @@ impl ReportBuilder {
                 cms_failed: 0,
                 cms_failures: Vec::new(),
                 results: None,
+                redrives: 0,
                 stopped: None,
                 rejected: None,
             },

@@ -762,3 +762,69 @@ async fn the_deployments_own_templates_and_models_drive_a_run_and_a_broken_file_
         "{texts:?}"
     );
 }
+
+#[tokio::test]
+async fn a_redrive_sends_only_the_failed_rows_again_and_completes_the_run_once_more() {
+    let flaky = ProviderError::Unavailable {
+        message: "HTTP 503".into(),
+    };
+    // Fails every delivery of the first run (3), then recovers.
+    let stack = Stack::new(
+        ScriptedProvider::default().on("Linen shirt", Script::FailTimes(3, flaky)),
+        &[],
+    )
+    .await;
+    cms_accepts(&stack.cms).await;
+    slack_accepts(&stack.slack).await;
+    let csv = "sku,name,color\nSKU-1,Linen shirt,white\nSKU-2,Wool coat,grey\nSKU-3,Silk scarf,red\n";
+    let event = stack.upload("incoming/product/redrive.csv", csv).await;
+    let split = stack.split(event).await;
+    stack.drain(1).await;
+    let run_id = &split[0].run_id;
+    let report = stack.report(run_id).await;
+    assert_eq!((report.succeeded, report.failed), (2, 1));
+    assert!(
+        report.failures[0].reason.contains("gave up after 3 attempts"),
+        "{:?}",
+        report.failures
+    );
+
+    let ledger = &stack.finalizer.recorder.ledger;
+    let rows = imagepipe::usecase::redrive::failed_rows(ledger, run_id, false)
+        .await
+        .unwrap();
+    assert_eq!(rows, vec![1]);
+    let run = ledger.run(run_id).await.unwrap().unwrap();
+    let source = imagepipe::adapters::s3_store::S3Csv::of_run(stack.clients.s3.clone(), &run).unwrap();
+    let jobs = imagepipe::adapters::sqs_queue::SqsQueue::new(stack.clients.sqs.clone(), &stack.jobs);
+    let sent = imagepipe::usecase::redrive::redrive(ledger, &jobs, &run, &source, &rows)
+        .await
+        .unwrap();
+    assert_eq!(sent, 1);
+    stack.drain(1).await;
+
+    let report = stack.report(run_id).await;
+    assert_eq!((report.succeeded, report.failed, report.redrives), (3, 0, 1));
+    assert_eq!(
+        stack.provider.calls_for("Wool coat"),
+        1,
+        "images already made are not paid again"
+    );
+    assert_eq!(stack.provider.calls_for("Linen shirt"), 4);
+    let texts = stack.slack_texts().await;
+    assert_eq!(
+        texts
+            .iter()
+            .filter(|t| t.contains(&format!("`{run_id}` finished")))
+            .count(),
+        1
+    );
+    assert_eq!(
+        texts
+            .iter()
+            .filter(|t| t.contains(&format!("`{run_id}` redrive finished")))
+            .count(),
+        1,
+        "{texts:?}"
+    );
+}

@@ -112,8 +112,16 @@ async fn gemini_stand_in() -> MockServer {
     });
     let refusal = serde_json::json!({ "error": { "code": 400, "status": "INVALID_ARGUMENT",
         "message": "The request was blocked by the safety system" } });
+    let patchy_refusal = refusal.clone();
     Mock::given(body_string_contains("Product photo of Ceramic pour-over"))
         .respond_with(ResponseTemplate::new(400).set_body_json(refusal))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    // Refused twice, then made: what `imagepipe redrive --all-failed` is for.
+    Mock::given(body_string_contains("Patchy product"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(patchy_refusal))
+        .up_to_n_times(2)
         .with_priority(1)
         .mount(&server)
         .await;
@@ -485,6 +493,41 @@ async fn operate_with_the_cli(stack: &str, gemini: &MockServer, slack: &MockServ
         2
     );
 
+    // A row refused twice, then made: two redrives of the failed rows.
+    let patchy = files.path().join("patchy.csv");
+    std::fs::write(
+        &patchy,
+        "sku,name,color\nP-1,Patchy product,blue\nP-2,Steady product,blue\n",
+    )
+    .unwrap();
+    let (ok, out, err) = cli(&[
+        "submit",
+        patchy.to_str().unwrap(),
+        "-t",
+        "product_hero",
+        "--stack",
+        stack,
+        "--wait",
+        "--json",
+    ]);
+    assert!(!ok, "a failed row makes the exit code 1: {err}");
+    let first: RunReport = serde_json::from_str(&out).unwrap();
+    assert_eq!((first.succeeded, first.failed), (1, 1));
+    for (redrive, succeeded) in [(1, 1), (2, 2)] {
+        let args = [
+            "redrive",
+            first.run_id.as_str(),
+            "--all-failed",
+            "--stack",
+            stack,
+            "--wait",
+            "--json",
+        ];
+        let (_, out, err) = cli(&args);
+        let report: RunReport = serde_json::from_str(&out).unwrap_or_else(|e| panic!("redrive {redrive}: {e}: {err}"));
+        assert_eq!((report.succeeded, report.redrives), (succeeded, redrive), "{report:?}");
+    }
+
     let (ok, out, err) = cli(&["status", faulty_run, "--stack", stack, "--json"]);
     assert!(ok, "status: {err}");
     let runs: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -527,7 +570,7 @@ async fn operate_with_the_cli(stack: &str, gemini: &MockServer, slack: &MockServ
         "only {not_attempted} rows were not attempted: {cancelled:?}"
     );
     assert!(cancelled.stopped.as_deref().unwrap_or_default().contains("cancelled"));
-    wait_for_completions(slack, 4 + 3 + 2, Duration::from_secs(30)).await;
+    wait_for_completions(slack, 4 + 3 + 3 + 2, Duration::from_secs(30)).await;
     let texts = support::slack_texts(slack).await;
     let messages: Vec<&String> = texts
         .iter()

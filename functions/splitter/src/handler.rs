@@ -262,12 +262,7 @@ async fn continue_run(deps: &Deps, continuation: &Continuation, deadline: u64) -
     let Some(run) = deps.splitter.ledger.run(run_id).await? else {
         return Err(format!("run {run_id} is not in the ledger").into());
     };
-    let (bucket, key) = run
-        .source
-        .strip_prefix("s3://")
-        .and_then(|rest| rest.split_once('/'))
-        .ok_or_else(|| format!("run {run_id} has source {:?}, not an s3:// URI", run.source))?;
-    let source = S3Csv::new(S3ObjectStore::new(deps.clients.s3.clone(), bucket), key, &run.etag);
+    let source = S3Csv::of_run(deps.clients.s3.clone(), &run)?;
     let split = deps
         .splitter
         .resume(run_id, continuation.rows_read, &source, deadline)

@@ -351,6 +351,7 @@ fn parse_record(item: &Item) -> Result<RunRecord, LedgerError> {
         updated_at_ms: get_n(item, "updated_at"),
         started_announced: item.contains_key("start_done"),
         stopped: item.get("stopped").and_then(|v| v.as_s().ok()).cloned(),
+        redrives: get_n(item, "redrives"),
         completed_at_ms: item.contains_key("completed_at").then(|| get_n(item, "completed_at")),
     })
 }
@@ -724,6 +725,74 @@ impl RunLedger for DynamoLedger {
             .update_run(run_id, "SET #stopped = :r", condition, values)
             .await?
             .is_some())
+    }
+
+    #[tracing::instrument(skip(self, rows), fields(rows = rows.len()))]
+    async fn reopen(&self, run_id: &str, rows: &[u64]) -> Result<Vec<u64>, LedgerError> {
+        let mut reopened = Vec::new();
+        for chunk in rows.chunks(OUTCOMES_PER_TRANSACTION - 1) {
+            // Only recorded failures: a row that succeeded since is left alone.
+            let mut failed = Vec::new();
+            for &row in chunk {
+                if let Some(Outcome::Failed { .. }) = self.outcome(run_id, row).await? {
+                    failed.push(row);
+                }
+            }
+            if failed.is_empty() {
+                continue;
+            }
+            let mut items = Vec::with_capacity(failed.len() + 1);
+            for &row in &failed {
+                let delete = Delete::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(self.key(run_id, &row_sk("row", row))))
+                    .condition_expression("attribute_exists(pk)")
+                    .build()
+                    .map_err(|e| LedgerError::Failed(e.to_string()))?;
+                items.push(TransactWriteItem::builder().delete(delete).build());
+            }
+            let update_expression = "ADD failed :minus, recorded :minus SET updated_at = :now";
+            let update = Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(self.key(run_id, "run")))
+                .update_expression(update_expression)
+                .expression_attribute_values(":minus", n(-(failed.len() as i64)))
+                .expression_attribute_values(":now", n(crate::events::now_ms()))
+                .build()
+                .map_err(|e| LedgerError::Failed(e.to_string()))?;
+            items.push(TransactWriteItem::builder().update(update).build());
+            self.client
+                .transact_write_items()
+                .set_transact_items(Some(items))
+                .send()
+                .await
+                .map_err(ledger_error)?;
+            reopened.extend(failed);
+        }
+        // Open again: the completion is claimed anew, the stop is lifted, the run is listed as open.
+        let values = HashMap::from([
+            (":running".to_owned(), s(RunState::Running.as_str())),
+            (":one".to_owned(), n(1)),
+        ]);
+        self.update_run(
+            run_id,
+            "SET #state = :running ADD #redrives :one REMOVE #completed_at, #claim_completion, #stopped",
+            "attribute_exists(pk)",
+            values,
+        )
+        .await?;
+        let mut open = self.key(OPEN_RUNS, run_id);
+        open.insert("started_at".into(), n(crate::events::now_ms()));
+        open.insert("expires_at".into(), self.expires_at(crate::events::now_ms()));
+        (self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(open))
+            .send()
+            .await)
+            .map_err(ledger_error)?;
+        Ok(reopened)
     }
 
     #[tracing::instrument(skip(self))]

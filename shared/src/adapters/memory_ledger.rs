@@ -229,6 +229,25 @@ impl RunLedger for MemoryLedger {
         })
     }
 
+    async fn reopen(&self, run_id: &str, rows: &[u64]) -> Result<Vec<u64>, LedgerError> {
+        self.with_run(run_id, |record, run| {
+            let mut reopened = Vec::new();
+            for row in rows {
+                if let Some(Outcome::Failed { .. }) = run.outcomes.get(row) {
+                    run.outcomes.remove(row);
+                    record.failed -= 1;
+                    reopened.push(*row);
+                }
+            }
+            record.state = RunState::Running;
+            record.completed_at_ms = None;
+            record.stopped = None;
+            record.redrives += 1;
+            run.claims.remove("completion");
+            Ok(reopened)
+        })
+    }
+
     async fn open_runs(&self) -> Result<Vec<String>, LedgerError> {
         let runs = self
             .runs
@@ -351,6 +370,10 @@ impl<L: RunLedger> RunLedger for FailingLedger<L> {
     async fn stop_over_budget(&self, run_id: &str, cap_usd: f64, reason: &str) -> Result<bool, LedgerError> {
         self.check()?;
         self.inner.stop_over_budget(run_id, cap_usd, reason).await
+    }
+    async fn reopen(&self, run_id: &str, rows: &[u64]) -> Result<Vec<u64>, LedgerError> {
+        self.check()?;
+        self.inner.reopen(run_id, rows).await
     }
     async fn open_runs(&self) -> Result<Vec<String>, LedgerError> {
         self.check()?;

@@ -330,6 +330,16 @@ impl S3Csv {
             version: version.to_owned(),
         }
     }
+
+    /// The CSV a run reads (its `s3://bucket/key` source, in the version it started from).
+    pub fn of_run(client: Client, run: &crate::ledger::RunRecord) -> Result<Self, String> {
+        let (bucket, key) = run
+            .source
+            .strip_prefix("s3://")
+            .and_then(|rest| rest.split_once('/'))
+            .ok_or_else(|| format!("run {} has source {:?}, not an s3:// URI", run.run_id, run.source))?;
+        Ok(Self::new(S3ObjectStore::new(client, bucket), key, &run.etag))
+    }
 }
 
 impl crate::usecase::split::CsvSource for S3Csv {

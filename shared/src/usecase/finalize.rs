@@ -53,8 +53,13 @@ pub fn start_message(
 
 /// The completion message: counts, failures with reasons, cost, duration and where the report is.
 pub fn completion_message(report: &RunReport, report_location: &str) -> String {
+    let what = if report.redrives > 0 {
+        "redrive finished"
+    } else {
+        "finished"
+    };
     let mut text = format!(
-        "*imagepipe* run `{}` finished: {}/{} succeeded, {} failed, {} invalid ({} reused). \
+        "*imagepipe* run `{}` {what}: {}/{} succeeded, {} failed, {} invalid ({} reused). \
          Cost ${:.2} (estimated ${:.2}), {:.0}s.",
         report.run_id,
         report.succeeded,

@@ -6,6 +6,7 @@ pub mod generate;
 pub mod lease;
 pub mod plan;
 pub mod record;
+pub mod redrive;
 pub mod report;
 pub mod split;
 pub mod stops;

@@ -179,6 +179,7 @@ pub async fn write_report<L: RunLedger, S: ObjectStore>(
     let duration = now_ms().saturating_sub(run.started_at_ms) as f64 / 1000.0;
     let mut report = builder.finish(duration);
     report.stopped = run.stopped.clone();
+    report.redrives = run.redrives;
     if let Some(reason) = &totals.rejected {
         // No job was sent: every row that was not invalid counts as failed, for the run's reason.
         report.rejected = Some(reason.clone());

@@ -389,6 +389,9 @@ impl RunLedger for SyntheticLedger {
     async fn stop_over_budget(&self, _: &str, _: f64, _: &str) -> Result<bool, LedgerError> {
         Ok(false)
     }
+    async fn reopen(&self, _: &str, _: &[u64]) -> Result<Vec<u64>, LedgerError> {
+        Ok(Vec::new())
+    }
     async fn open_runs(&self) -> Result<Vec<String>, LedgerError> {
         Ok(Vec::new())
     }
