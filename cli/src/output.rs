@@ -23,18 +23,22 @@ pub fn init_logging(verbose: u8) {
         .init();
 }
 
-/// A progress bar on stderr when it is a terminal and output is not JSON; otherwise nothing.
-pub struct Bar(Option<ProgressBar>);
+/// A progress bar on stderr when it is a terminal; otherwise (a CI log) one plain line per 10 %;
+/// nothing with JSON output.
+pub struct Bar(Option<ProgressBar>, Option<std::sync::atomic::AtomicU64>);
 
 pub fn progress_bar(json: bool) -> Bar {
-    if json || !std::io::stderr().is_terminal() {
-        return Bar(None);
+    if json {
+        return Bar(None, None);
+    }
+    if !std::io::stderr().is_terminal() {
+        return Bar(None, Some(std::sync::atomic::AtomicU64::new(0)));
     }
     let bar = ProgressBar::new(0);
     let style = ProgressStyle::with_template("{bar:40} {pos}/{len} rows  {per_sec}  eta {eta}")
         .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
-    Bar(Some(bar))
+    Bar(Some(bar), None)
 }
 
 impl Bar {
@@ -42,6 +46,12 @@ impl Bar {
         if let Some(bar) = &self.0 {
             bar.set_length(total);
             bar.set_position(done);
+        }
+        if let Some(shown) = &self.1 {
+            let tenth = (done * 10).checked_div(total).unwrap_or(10);
+            if shown.fetch_max(tenth, std::sync::atomic::Ordering::Relaxed) < tenth {
+                eprintln!("progress: {done}/{total} rows ({}%)", tenth * 10);
+            }
         }
     }
 
@@ -187,6 +197,13 @@ pub fn report(report: &RunReport, path: &Path, json: bool) -> anyhow::Result<()>
         "cost: ${:.4} (estimated ${:.4})",
         report.actual_cost_usd, report.estimated_cost_usd
     )?;
+    if let Some(usd) = report.model_estimate_usd {
+        writeln!(
+            out,
+            "with {} on its own provider this run would cost ${usd:.4} (made here by {})",
+            report.model, report.provider
+        )?;
+    }
     let failures = report.failures.iter().map(|f| ("failed ", f));
     for (what, f) in failures.chain(report.cms_failures.iter().map(|f| ("CMS not updated,", f))) {
         let (key, reason) = (shown(&f.key), shown(&f.reason));

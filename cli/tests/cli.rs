@@ -255,3 +255,61 @@ fn run_with_bedrock_and_no_aws_credentials_exits_2_naming_them() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_placeholder_run_estimates_nothing_and_names_what_the_model_would_cost() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = write(dir.path(), "p.csv", b"sku,name,color\nA1,mug,red\nA2,cup,blue\n");
+    let out = imagepipe(&["run", &csv, "-t", "product", "--provider", "placeholder"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("cost: $0.0000 (estimated $0.0000)"), "{text}");
+    assert!(
+        text.contains("with nano-banana on its own provider this run would cost $0.0780"),
+        "{text}"
+    );
+    assert!(
+        !stderr(&out).contains("aws_config"),
+        "no AWS configuration is loaded: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn config_check_accepts_good_files_and_names_the_file_and_line_of_a_broken_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let templates = write(
+        dir.path(),
+        "t.toml",
+        b"[templates.house]\nprompt = \"House style {name}\"\nmodel = \"house-model\"\nkey = \"{sku}\"\n",
+    );
+    let models = write(
+        dir.path(),
+        "m.toml",
+        b"prices_as_of = \"2026-12-01\"\n[models.house-model]\nprovider = \"placeholder\"\n\
+          provider_model = \"placeholder\"\nprice_per_image = 0.0\n",
+    );
+    let ok = imagepipe(
+        &["config", "check", "--templates", &templates, "--models", &models],
+        dir.path(),
+    );
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    let unknown = imagepipe(&["config", "check", "--templates", &templates], dir.path());
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        stderr(&unknown).contains("unknown model \"house-model\""),
+        "{}",
+        stderr(&unknown)
+    );
+    let broken = write(dir.path(), "b.toml", b"[templates.x]\nprompt = \n");
+    let out = imagepipe(&["config", "check", "--templates", &broken], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("b.toml") && stderr(&out).contains("line 2"),
+        "{}",
+        stderr(&out)
+    );
+    let nowhere = imagepipe(&["status"], dir.path());
+    assert_eq!(nowhere.status.code(), Some(2));
+    assert!(stderr(&nowhere).contains("--stack"), "{}", stderr(&nowhere));
+}

@@ -70,6 +70,10 @@ pub struct RunReport {
     /// Images that already existed and were not generated again.
     pub reused: u64,
     pub estimated_cost_usd: f64,
+    /// What the run would cost on its model's own provider, when another provider (the offline
+    /// placeholder) made the images instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_estimate_usd: Option<f64>,
     pub actual_cost_usd: f64,
     pub duration_secs: f64,
     /// The first [`LISTED`] images by row.
@@ -187,6 +191,7 @@ impl ReportBuilder {
                 invalid: 0,
                 reused: 0,
                 estimated_cost_usd,
+                model_estimate_usd: None,
                 actual_cost_usd: 0.0,
                 duration_secs: 0.0,
                 images: Vec::new(),
@@ -245,6 +250,11 @@ impl ReportBuilder {
                 keep_first(&mut self.report.cms_failures, failure, |e| e.row);
             }
         }
+    }
+
+    /// What the run would cost on its model's own provider (another provider made the images).
+    pub fn model_estimate(&mut self, usd: f64) {
+        self.report.model_estimate_usd = Some(usd);
     }
 
     /// Where `results.csv` is.

@@ -120,19 +120,25 @@ impl LocalRun {
         let run_id = run_id(&[&digest, &plan.template, &plan.model]);
         let store = FsObjectStore::new(&self.out_dir);
         check_writable(&store, &self.out_dir, &run_id).await?;
+        // The offline placeholder costs nothing: the estimate is for what runs, the model's price apart.
+        let placeholder = self.provider.name() == "placeholder" && model.provider != "placeholder";
+        let estimate = if placeholder { 0.0 } else { plan.estimated_cost_usd };
         let mut report = ReportBuilder::new(
             &run_id,
             &plan.file,
             &plan.template,
             &plan.model,
             self.provider.name(),
-            plan.estimated_cost_usd,
+            estimate,
         );
+        if placeholder {
+            report.model_estimate(plan.estimated_cost_usd);
+        }
         for invalid in plan.invalid_rows.iter().cloned() {
             report.invalid(invalid);
         }
         tracing::info!(%run_id, rows = plan.rows, valid = plan.valid, invalid = plan.invalid, "run started");
-        let (file, valid, cost) = (&plan.file, plan.valid, plan.estimated_cost_usd);
+        let (file, valid, cost) = (&plan.file, plan.valid, estimate);
         self.post(
             &start_message(&run_id, file, &plan.template, &plan.model, valid, cost),
             "start",
