@@ -98,6 +98,9 @@ enum Command {
         /// Template name (built-in or from the stack's config/templates.toml).
         #[arg(short, long)]
         template: String,
+        /// Model from the stack's catalog; the template's model when absent.
+        #[arg(short, long)]
+        model: Option<String>,
         /// Show progress until the run's report exists, then its summary.
         #[arg(long)]
         wait: bool,
@@ -187,12 +190,13 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Submit {
             csv,
             template,
+            model,
             wait,
             json,
             stack,
         } => {
             let stack = stack.resolve().await?;
-            let (run_id, source) = stack::submit(&stack, &csv, &template).await?;
+            let (run_id, source) = stack::submit(&stack, &csv, &template, model.as_deref()).await?;
             if !wait {
                 output::submitted(&run_id, &source, json)?;
                 return Ok(ExitCode::SUCCESS);
@@ -204,8 +208,8 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Status { run_id, json, stack } => {
             let stack = stack.resolve().await?;
-            let runs = match run_id {
-                Some(run_id) => vec![stack.run(&run_id).await?],
+            let runs = match &run_id {
+                Some(run_id) => vec![stack.run(run_id).await?],
                 None => {
                     let mut runs = Vec::new();
                     for run_id in imagepipe::ledger::RunLedger::open_runs(&stack.ledger).await? {
@@ -214,7 +218,11 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     runs
                 }
             };
-            output::status(&runs, json)?;
+            let failures = match &run_id {
+                Some(run_id) => stack::first_failures(&stack, run_id, 5).await?,
+                None => Vec::new(),
+            };
+            output::status(&runs, &failures, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Redrive {

@@ -230,8 +230,12 @@ pub fn submitted(run_id: &str, source: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs' progress, one line each (or their ledger records as JSON).
-pub fn status(runs: &[imagepipe::ledger::RunRecord], json: bool) -> anyhow::Result<()> {
+/// Runs' progress, one line each, and the first failures of one run (or the ledger records as JSON).
+pub fn status(
+    runs: &[imagepipe::ledger::RunRecord],
+    failures: &[imagepipe::report::FailureEntry],
+    json: bool,
+) -> anyhow::Result<()> {
     if json {
         return print_json(&runs);
     }
@@ -240,6 +244,9 @@ pub fn status(runs: &[imagepipe::ledger::RunRecord], json: bool) -> anyhow::Resu
     }
     for run in runs {
         println!("{}", shown(&crate::stack::progress_line(run)));
+    }
+    for f in failures {
+        println!("  failed row {} ({}): {}", f.row, shown(&f.key), shown(&f.reason));
     }
     Ok(())
 }

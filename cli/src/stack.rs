@@ -16,6 +16,9 @@ use imagepipe::ledger::{RunLedger, RunRecord, RunState};
 use imagepipe::report::RunReport;
 use imagepipe::store::{NewObject, ObjectStore};
 
+/// The user metadata naming a submitted run's model (read by the splitter).
+const MODEL_METADATA: &str = "imagepipe-model";
+
 /// Where a deployed stack keeps things.
 #[derive(clap::Args, Debug, Clone)]
 pub struct StackArgs {
@@ -183,12 +186,20 @@ pub async fn push_config(
     Ok(pushed)
 }
 
-/// Uploads `csv` as `incoming/<template>/<file name>`; returns the run id the splitter will give it.
-pub async fn submit(stack: &Stack, csv: &Path, template: &str) -> anyhow::Result<(String, String)> {
+/// Uploads `csv` as `incoming/<template>/<file name>` (with `model`, when given, in its metadata);
+/// returns the run id the splitter will give it, and where the CSV went.
+pub async fn submit(
+    stack: &Stack,
+    csv: &Path,
+    template: &str,
+    model: Option<&str>,
+) -> anyhow::Result<(String, String)> {
     let config = DeploymentConfig::load(&stack.store())
         .await
         .map_err(anyhow::Error::msg)?;
-    let model = config.templates.get(template)?.model.clone();
+    let template_model = config.templates.get(template)?.model.clone();
+    let model = model.map_or(template_model, str::to_owned);
+    config.catalog.model(&model)?;
     let name = csv
         .file_name()
         .and_then(|n| n.to_str())
@@ -201,6 +212,7 @@ pub async fn submit(stack: &Stack, csv: &Path, template: &str) -> anyhow::Result
         .bucket(&stack.bucket)
         .key(&key)
         .content_type("text/csv")
+        .metadata(MODEL_METADATA, &model)
         .body(body)
         .send()
         .await
@@ -257,6 +269,24 @@ pub fn progress_line(run: &RunRecord) -> String {
         totals.invalid,
         run.spend_usd
     )
+}
+
+/// The first failures of a run (from the first page of its outcomes: one read).
+pub async fn first_failures(
+    stack: &Stack,
+    run_id: &str,
+    n: usize,
+) -> anyhow::Result<Vec<imagepipe::report::FailureEntry>> {
+    let page = stack.ledger.outcomes(run_id, None).await?;
+    Ok(page
+        .items
+        .into_iter()
+        .filter_map(|o| match o {
+            imagepipe::events::Outcome::Failed { failure } => Some(failure),
+            imagepipe::events::Outcome::Succeeded { .. } => None,
+        })
+        .take(n)
+        .collect())
 }
 
 /// Polls the run until its report is written; prints a progress line when it changes.

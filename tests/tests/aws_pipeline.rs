@@ -828,3 +828,30 @@ async fn a_redrive_sends_only_the_failed_rows_again_and_completes_the_run_once_m
         "{texts:?}"
     );
 }
+
+#[tokio::test]
+async fn a_csv_uploaded_with_a_model_in_its_metadata_runs_on_that_model() {
+    let stack = Stack::new(ScriptedProvider::default(), &[]).await;
+    cms_accepts(&stack.cms).await;
+    slack_accepts(&stack.slack).await;
+    let mut event = stack
+        .upload("incoming/product/chosen.csv", "sku,name,color\nSKU-1,Mug,red\n")
+        .await;
+    // What `imagepipe submit --model` does: the model rides along in the object's metadata.
+    let put = stack
+        .clients
+        .s3
+        .put_object()
+        .bucket(&stack.bucket)
+        .key("incoming/product/chosen.csv")
+        .metadata("imagepipe-model", "gpt-image-1-low")
+        .body(b"sku,name,color\nSKU-1,Mug,red\n".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    event["Records"][0]["s3"]["object"]["eTag"] = put.e_tag().unwrap().trim_matches('"').into();
+    let split = stack.split(event).await;
+    stack.drain(1).await;
+    let report = stack.report(&split[0].run_id).await;
+    assert_eq!((report.model.as_str(), report.succeeded), ("gpt-image-1-low", 1));
+}

@@ -16,6 +16,9 @@ use imagepipe::usecase::split::{Continuation, CsvSource, Split, SplitSettings, S
 use lambda_runtime::{Error, LambdaEvent};
 use serde::{Deserialize, Serialize};
 
+/// The user metadata of an uploaded CSV naming the run's model (`imagepipe submit --model`).
+pub const MODEL_METADATA: &str = "imagepipe-model";
+
 /// An invocation stops sending this long before its deadline and continues in a fresh one.
 const RESERVE: Duration = Duration::from_secs(30);
 
@@ -210,13 +213,13 @@ fn is_sqs(event: &serde_json::Value) -> bool {
 
 async fn split_one(deps: &Deps, request: Request, deadline: u64) -> Result<Outcome, Error> {
     let source_store = S3ObjectStore::new(deps.clients.s3.clone(), &request.bucket);
-    let etag = match request.etag.clone() {
-        Some(etag) => etag,
-        None => source_store
-            .etag(&request.key)
-            .await?
-            .ok_or_else(|| format!("{} does not exist", source_store.uri(&request.key)))?,
-    };
+    // One HEAD: the ETag when the event has none (a schedule), the model a submit chose.
+    let (head_etag, metadata) = source_store
+        .head(&request.key)
+        .await?
+        .ok_or_else(|| format!("{} does not exist", source_store.uri(&request.key)))?;
+    let etag = request.etag.clone().unwrap_or(head_etag);
+    let model = request.model.clone().or_else(|| metadata.get(MODEL_METADATA).cloned());
     let source = S3Csv::new(source_store, &request.key, &etag);
     // A broken config file rejects the run (file, line, problem in the report and in Slack).
     let (config, template) = match DeploymentConfig::load(&deps.bucket).await {
@@ -231,7 +234,7 @@ async fn split_one(deps: &Deps, request: Request, deadline: u64) -> Result<Outco
         .split(
             &source,
             template.as_deref().map_err(Clone::clone),
-            request.model.as_deref(),
+            model.as_deref(),
             &config,
             deadline,
         )

@@ -385,11 +385,17 @@ impl crate::usecase::split::CsvSource for S3Csv {
 }
 
 impl S3ObjectStore {
-    /// The ETag of `key`, `None` when absent.
+    /// The ETag and user metadata of `key`, `None` when absent.
     #[tracing::instrument(skip(self))]
-    pub async fn etag(&self, key: &str) -> Result<Option<String>, StoreError> {
+    pub async fn head(
+        &self,
+        key: &str,
+    ) -> Result<Option<(String, std::collections::HashMap<String, String>)>, StoreError> {
         match self.client.head_object().bucket(&self.bucket).key(key).send().await {
-            Ok(output) => Ok(Some(output.e_tag().unwrap_or_default().trim_matches('"').to_owned())),
+            Ok(output) => Ok(Some((
+                output.e_tag().unwrap_or_default().trim_matches('"').to_owned(),
+                output.metadata.unwrap_or_default(),
+            ))),
             Err(e) if e.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
             Err(e) => Err(store_error(e)),
         }
