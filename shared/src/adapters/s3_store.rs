@@ -387,10 +387,7 @@ impl crate::usecase::split::CsvSource for S3Csv {
 impl S3ObjectStore {
     /// The ETag and user metadata of `key`, `None` when absent.
     #[tracing::instrument(skip(self))]
-    pub async fn head(
-        &self,
-        key: &str,
-    ) -> Result<Option<(String, std::collections::HashMap<String, String>)>, StoreError> {
+    pub async fn head(&self, key: &str) -> Result<Option<(String, Metadata)>, StoreError> {
         match self.client.head_object().bucket(&self.bucket).key(key).send().await {
             Ok(output) => Ok(Some((
                 output.e_tag().unwrap_or_default().trim_matches('"').to_owned(),
@@ -401,6 +398,9 @@ impl S3ObjectStore {
         }
     }
 }
+
+/// An object's user metadata (`x-amz-meta-*`).
+pub type Metadata = std::collections::HashMap<String, String>;
 
 /// Presigned GETs for `s3://` reference images, so every provider can fetch them over https.
 #[derive(Debug, Clone)]
