@@ -44,6 +44,9 @@ pub struct ImageEntry {
     /// Credits the provider reported for the call (AnyCap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credits_used: Option<f64>,
+    /// A broken object (empty, an HTML page, cut short) was at the image's key and was replaced.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replaced_broken: bool,
 }
 
 /// One row whose image could not be made.

@@ -27,10 +27,14 @@ pub fn outcome_line(out: &mut String, outcome: &Outcome, image_url: &str) {
     let line = match outcome {
         Outcome::Succeeded { image, cms } => {
             let status = if image.reused { "reused" } else { "succeeded" };
-            let reason = match cms {
-                Some(Err(reason)) => format!("CMS not updated: {reason}"),
-                _ => String::new(),
-            };
+            let mut notes = Vec::new();
+            if image.replaced_broken {
+                notes.push("replaced a broken file at the image's key".to_owned());
+            }
+            if let Some(Err(reason)) = cms {
+                notes.push(format!("CMS not updated: {reason}"));
+            }
+            let reason = notes.join("; ");
             [
                 image.row.to_string(),
                 cell(&image.key),

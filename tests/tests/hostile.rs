@@ -505,6 +505,19 @@ mod local {
         let regenerated = std::fs::read(images.join("A1.png")).unwrap();
         assert!(imagepipe::image_format::inspect(&regenerated).is_ok());
         assert_eq!(std::fs::read(images.join("A2.png")).unwrap(), whole);
+        // The report and results.csv say the broken file was replaced.
+        let replaced: Vec<u64> = report
+            .images
+            .iter()
+            .filter(|i| i.replaced_broken)
+            .map(|i| i.row)
+            .collect();
+        assert_eq!(replaced, vec![1]);
+        let results = std::fs::read_to_string(report.results.as_deref().unwrap()).unwrap();
+        assert!(
+            results.contains("replaced a broken file at the image's key"),
+            "{results}"
+        );
     }
 
     #[tokio::test]

@@ -30,6 +30,8 @@ pub struct Generated {
     pub cost_usd: f64,
     /// Credits the provider reported (AnyCap), next to the catalog price.
     pub credits_used: Option<f64>,
+    /// A broken object was at the image's key (empty, an HTML page, cut short) and was replaced.
+    pub replaced_broken: bool,
 }
 
 impl Generated {
@@ -47,6 +49,7 @@ impl Generated {
             reused: self.reused,
             cost_usd: self.cost_usd,
             credits_used: self.credits_used,
+            replaced_broken: self.replaced_broken,
         }
     }
 }
@@ -131,7 +134,7 @@ pub async fn generate_new<S: ObjectStore>(
     let object_key = image_key(job.key.as_str(), info.format);
     let bytes = image.bytes.len() as u64;
     let object = image_object(job, &model.provider_model, info.format.content_type(), image.bytes);
-    store_image(store, &object_key, info.format, object).await?;
+    let replaced_broken = store_image(store, &object_key, info.format, object).await?;
     Ok(Generated {
         object_key,
         content_type: info.format.content_type().to_owned(),
@@ -141,6 +144,7 @@ pub async fn generate_new<S: ObjectStore>(
         reused: false,
         cost_usd: image.reported_cost_usd.unwrap_or_else(|| model.cost_of(&image.usage)),
         credits_used: image.usage.credits,
+        replaced_broken,
     })
 }
 
@@ -173,6 +177,7 @@ pub async fn existing_image<S: ObjectStore>(store: &S, job: &Job) -> Result<Opti
                     reused: true,
                     cost_usd: 0.0,
                     credits_used: None,
+                    replaced_broken: false,
                 }));
             }
             Ok(info) => {
@@ -185,15 +190,15 @@ pub async fn existing_image<S: ObjectStore>(store: &S, job: &Job) -> Result<Opti
 }
 
 /// Writes a new image create-if-absent; what is already at the key is replaced only when it is
-/// not a whole image of that format (a broken leftover).
+/// not a whole image of that format (a broken leftover). Returns whether it replaced one.
 async fn store_image<S: ObjectStore>(
     store: &S,
     key: &str,
     format: ImageFormat,
     object: NewObject,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     if store.put_if_absent(key, object.clone()).await? == PutOutcome::Created {
-        return Ok(());
+        return Ok(false);
     }
     let present = store.get(key).await?;
     let whole = present.is_some_and(|bytes| image_format::inspect(&bytes).is_ok_and(|info| info.format == format));
@@ -201,7 +206,7 @@ async fn store_image<S: ObjectStore>(
         tracing::warn!(object_key = %key, "replacing a broken image");
         store.put(key, object).await?;
     }
-    Ok(())
+    Ok(!whole)
 }
 
 /// The stored object: immutable caching and ASCII-only metadata (the prompt goes in as its hash).

@@ -99,6 +99,7 @@ fn image(row: u64) -> ImageEntry {
         reused: false,
         cost_usd: 0.04,
         credits_used: None,
+        replaced_broken: false,
     }
 }
 

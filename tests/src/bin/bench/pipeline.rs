@@ -323,6 +323,7 @@ fn synthetic(row: u64) -> Option<Outcome> {
                 reused: false,
                 cost_usd: 0.039,
                 credits_used: None,
+                replaced_broken: false,
             },
             cms: Some(Ok(())),
         }
