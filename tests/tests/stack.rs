@@ -209,6 +209,21 @@ fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Waits until Slack has received `n` messages containing `needle`.
+async fn wait_for_texts(slack: &MockServer, needle: &str, n: usize, timeout: Duration) {
+    let started = Instant::now();
+    while support::slack_texts(slack)
+        .await
+        .iter()
+        .filter(|t| t.contains(needle))
+        .count()
+        < n
+        && started.elapsed() < timeout
+    {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Waits until Slack has received `n` completion messages.
 async fn wait_for_completions(slack: &MockServer, n: usize, timeout: Duration) {
     let started = Instant::now();
@@ -394,6 +409,7 @@ async fn the_deployed_stack_runs_uploads_and_schedules_end_to_end() {
         (scheduled.template.as_str(), scheduled.failed, scheduled.invalid),
         ("blog_hero", 0, 0)
     );
+    assert!(scheduled.rows > 0 && scheduled.rejected.is_none(), "{scheduled:?}");
     assert_eq!(scheduled.succeeded, scheduled.rows);
 
     // Every image in S3 once, under its template, with its metadata.
@@ -410,6 +426,9 @@ async fn the_deployed_stack_runs_uploads_and_schedules_end_to_end() {
     // One CMS update per product image; one completion message per run (the schedule may fire again: no new run).
     let patches = cms.received_requests().await.unwrap();
     assert_eq!(patches.len() as u64, made);
+    // The report is written before the message: the reconciler's retry may still be on its way.
+    let late_finished = format!("`{late_run}` finished");
+    wait_for_texts(&slack, &late_finished, 4, Duration::from_secs(180)).await;
     wait_for_completions(&slack, 4 + 3, Duration::from_secs(30)).await;
     let texts = support::slack_texts(&slack).await;
     // Slack received the late run's message four times: three attempts it never answered, then one it accepted.

@@ -156,8 +156,12 @@ pub fn requests(event: serde_json::Value) -> Result<Vec<Request>, String> {
         bucket: bucket.to_owned(),
         key: key.to_owned(),
         etag: None,
-        template: run.template.or_else(|| template_from_key(key)),
-        model: run.model,
+        // The template's schedule input leaves an unset template or model as "": absent, not a name.
+        template: run
+            .template
+            .filter(|t| !t.is_empty())
+            .or_else(|| template_from_key(key)),
+        model: run.model.filter(|m| !m.is_empty()),
     }])
 }
 
@@ -307,6 +311,18 @@ mod tests {
         assert_eq!(requests[0].key, "catalog/products.csv");
         assert_eq!(requests[0].template.as_deref(), Some("product_hero"));
         assert_eq!(requests[0].model.as_deref(), Some("nano-banana"));
+    }
+
+    #[test]
+    fn an_empty_model_or_template_in_a_schedule_input_means_none() {
+        let event = serde_json::json!({"csv": "s3://b/schedules/a.csv", "template": "blog_hero", "model": ""});
+        let scheduled = requests(event).unwrap();
+        assert_eq!(
+            (scheduled[0].template.as_deref(), scheduled[0].model.as_deref()),
+            (Some("blog_hero"), None)
+        );
+        let event = serde_json::json!({"csv": "s3://b/incoming/product/a.csv", "template": ""});
+        assert_eq!(requests(event).unwrap()[0].template.as_deref(), Some("product"));
     }
 
     #[test]
