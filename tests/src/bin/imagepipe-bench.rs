@@ -233,7 +233,10 @@ async fn generator(latency_ms: u64, concurrency: usize, rows: u64) -> Result<(),
     let (_, events) = fresh(&clients, "events").await?;
     let vars = std::collections::HashMap::from([
         ("IMAGEPIPE_BUCKET", bucket.clone()),
-        ("LEDGER_TABLE", "unused".to_owned()),
+        (
+            "LEDGER_TABLE",
+            table(&clients, &format!("bench-gen-runs-{:08x}", rand::random::<u32>())).await?,
+        ),
         ("JOBS_QUEUE_URL", jobs.clone()),
         ("EVENTS_QUEUE_URL", events.clone()),
     ]);
@@ -278,25 +281,7 @@ async fn poll(
 ) {
     use std::sync::atomic::Ordering;
     while done.load(Ordering::Relaxed) < rows {
-        let Ok(received) = clients
-            .sqs
-            .receive_message()
-            .queue_url(url)
-            .max_number_of_messages(10)
-            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
-            .send()
-            .await
-        else {
-            continue;
-        };
-        let mut event = aws_lambda_events::event::sqs::SqsEvent::default();
-        for message in received.messages() {
-            let mut record = aws_lambda_events::event::sqs::SqsMessage::default();
-            record.message_id = message.message_id().map(str::to_owned);
-            record.receipt_handle = message.receipt_handle().map(str::to_owned);
-            record.body = message.body().map(str::to_owned);
-            event.records.push(record);
-        }
+        let event = pipeline::receive(clients, url).await;
         if event.records.is_empty() {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
@@ -308,34 +293,8 @@ async fn poll(
         else {
             continue;
         };
-        let failed: Vec<&str> = response
-            .batch_item_failures
-            .iter()
-            .map(|f| f.item_identifier.as_str())
-            .collect();
-        let entries: Vec<_> = event
-            .records
-            .iter()
-            .filter(|r| !failed.contains(&r.message_id.as_deref().unwrap_or_default()))
-            .enumerate()
-            .filter_map(|(i, r)| {
-                aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(r.receipt_handle.clone()?)
-                    .build()
-                    .ok()
-            })
-            .collect();
-        let deleted = entries.len() as u64;
-        if deleted > 0 {
-            let _ = clients
-                .sqs
-                .delete_message_batch()
-                .queue_url(url)
-                .set_entries(Some(entries))
-                .send()
-                .await;
-        }
+        let response = serde_json::to_value(response).unwrap_or_default();
+        let deleted = pipeline::delete_done(clients, url, &event, &response).await;
         done.fetch_add(deleted, Ordering::Relaxed);
     }
 }

@@ -62,7 +62,7 @@ async fn latency_proxy(upstream: String, latency: Duration) -> Result<(String, A
 }
 
 /// Receives up to 10 messages as an SQS event (the event source mapping's part).
-async fn receive(clients: &AwsClients, url: &str) -> SqsEvent {
+pub async fn receive(clients: &AwsClients, url: &str) -> SqsEvent {
     let mut event = SqsEvent::default();
     let Ok(received) = clients
         .sqs
@@ -91,8 +91,8 @@ async fn receive(clients: &AwsClients, url: &str) -> SqsEvent {
     event
 }
 
-/// Deletes what the handler did not report as failed.
-async fn delete_done(clients: &AwsClients, url: &str, event: &SqsEvent, response: &serde_json::Value) {
+/// Deletes what the handler did not report as failed; returns how many.
+pub async fn delete_done(clients: &AwsClients, url: &str, event: &SqsEvent, response: &serde_json::Value) -> u64 {
     let failed: Vec<&str> = response["batchItemFailures"]
         .as_array()
         .map(|f| f.iter().filter_map(|f| f["itemIdentifier"].as_str()).collect())
@@ -110,7 +110,8 @@ async fn delete_done(clients: &AwsClients, url: &str, event: &SqsEvent, response
                 .ok()
         })
         .collect();
-    if !entries.is_empty() {
+    let deleted = entries.len() as u64;
+    if deleted > 0 {
         let _ = clients
             .sqs
             .delete_message_batch()
@@ -119,6 +120,7 @@ async fn delete_done(clients: &AwsClients, url: &str, event: &SqsEvent, response
             .send()
             .await;
     }
+    deleted
 }
 
 fn context() -> lambda_runtime::Context {
