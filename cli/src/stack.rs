@@ -52,8 +52,7 @@ impl StackArgs {
             bail!("name the stack with --stack NAME (or IMAGEPIPE_STACK), or give --bucket and --table");
         }
         let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        let custom_endpoint = std::env::var_os("AWS_ENDPOINT_URL").is_some();
-        let clients = AwsClients::new(&config, custom_endpoint);
+        let clients = AwsClients::from_config(&config);
         let (bucket, table, jobs_queue) = match (&self.bucket, &self.table, &self.stack) {
             (Some(bucket), Some(table), None) => (bucket.clone(), table.clone(), self.jobs_queue.clone()),
             (_, _, Some(stack)) => {

@@ -14,12 +14,16 @@ pub struct AwsClients {
 impl AwsClients {
     /// Loads the SDK configuration from the environment (region, credentials, `AWS_ENDPOINT_URL`).
     pub async fn from_env() -> Self {
-        let config = aws_config::load_defaults(BehaviorVersion::latest()).await;
-        // Emulators (and other S3-compatible endpoints) address buckets by path, not by host name.
+        Self::from_config(&aws_config::load_defaults(BehaviorVersion::latest()).await)
+    }
+
+    /// Clients from a loaded SDK configuration; S3 is addressed by path when the environment names
+    /// a custom endpoint (emulators and other S3-compatible endpoints address buckets by path).
+    pub fn from_config(config: &aws_config::SdkConfig) -> Self {
         let custom_endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
             .iter()
             .any(|v| std::env::var_os(v).is_some());
-        Self::new(&config, custom_endpoint)
+        Self::new(config, custom_endpoint)
     }
 
     /// Clients from an SDK configuration; `path_style` addresses S3 buckets by path (emulators).
