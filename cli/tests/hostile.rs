@@ -163,5 +163,5 @@ fn ctrl_c_mid_run_writes_an_interrupted_report_and_exits_130() {
     assert_eq!((report["rows"].as_u64(), report["failed"].as_u64()), (Some(2), Some(2)));
     let run_id = report["run_id"].as_str().unwrap();
     let stored = std::fs::read_to_string(dir.path().join(format!("out/runs/{run_id}/report.json"))).unwrap();
-    assert!(stored.contains("\"state\": \"interrupted\""), "{stored}");
+    assert!(stored.contains("\"stopped\": \"interrupted with Ctrl-C\""), "{stored}");
 }

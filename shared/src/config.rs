@@ -204,10 +204,7 @@ impl Config {
 
     /// Where the deployment's images and reports are.
     pub fn locations(&self) -> crate::locations::Locations {
-        crate::locations::Locations {
-            bucket: self.bucket.clone(),
-            public_base_url: self.public_base_url.clone(),
-        }
+        crate::locations::Locations::bucket(&self.bucket, self.public_base_url.clone())
     }
 }
 

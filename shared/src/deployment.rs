@@ -5,7 +5,7 @@
 
 use crate::catalog::Catalog;
 use crate::store::ObjectStore;
-use crate::template::{DEFAULT_TEMPLATES, TemplateSet};
+use crate::template::TemplateSet;
 
 /// Where a deployment's templates are in its bucket.
 pub const TEMPLATES_KEY: &str = "config/templates.toml";
@@ -19,8 +19,6 @@ pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
 pub struct DeploymentConfig {
     pub templates: TemplateSet,
     pub catalog: Catalog,
-    /// The text of the deployment's templates file, when it has one.
-    custom_templates: Option<String>,
 }
 
 impl DeploymentConfig {
@@ -41,11 +39,9 @@ impl DeploymentConfig {
             check_size(name, text)?;
             set.extend(TemplateSet::from_toml(text, name).map_err(|e| e.to_string())?);
         }
-        let templates = templates.map(|(_, text)| text);
         Ok(Self {
             templates: set,
             catalog,
-            custom_templates: templates.map(str::to_owned),
         })
     }
 
@@ -63,15 +59,6 @@ impl DeploymentConfig {
         let (templates, models) = (read(TEMPLATES_KEY).await?, read(MODELS_KEY).await?);
         Self::from_texts(templates.as_deref(), models.as_deref())
     }
-
-    /// The templates document the template `name` comes from: what a run keeps to read its rows
-    /// the same way until it ends.
-    pub fn template_source(&self, name: &str) -> &str {
-        match &self.custom_templates {
-            Some(text) if TemplateSet::from_toml(text, TEMPLATES_KEY).is_ok_and(|set| set.contains(name)) => text,
-            _ => DEFAULT_TEMPLATES,
-        }
-    }
 }
 
 fn check_size(key: &str, text: &str) -> Result<(), String> {
@@ -87,6 +74,7 @@ fn check_size(key: &str, text: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::template::DEFAULT_TEMPLATES;
 
     const HOUSE: &str =
         "[templates.house]\nprompt = \"House style: {name}\"\nmodel = \"house-model\"\nkey = \"{sku}\"\n";
@@ -98,8 +86,11 @@ mod tests {
         let config = DeploymentConfig::from_texts(Some(HOUSE), Some(MODELS)).unwrap();
         assert!(config.templates.get("house").is_ok() && config.templates.get("product_hero").is_ok());
         assert!(config.catalog.model("house-model").is_ok());
-        assert_eq!(config.template_source("house"), HOUSE);
-        assert_eq!(config.template_source("product_hero"), DEFAULT_TEMPLATES);
+        assert_eq!(config.templates.get("house").unwrap().document(), HOUSE);
+        assert_eq!(
+            config.templates.get("product_hero").unwrap().document(),
+            DEFAULT_TEMPLATES
+        );
     }
 
     #[test]

@@ -168,6 +168,19 @@ impl RunRecord {
         let totals = self.totals.as_ref().filter(|_| self.state != RunState::Splitting)?;
         Some(totals.awaited.saturating_sub(self.recorded()))
     }
+
+    /// The estimated cost of what runs, and — when the offline placeholder stands in for a paid
+    /// model — apart from it, what that model would cost.
+    pub fn estimates(&self) -> (f64, Option<f64>) {
+        let estimate = self.totals.as_ref().map_or(0.0, |t| t.estimated_cost_usd);
+        let stand_in =
+            self.provider == "placeholder" && self.model_entry.as_ref().is_some_and(|m| m.provider != "placeholder");
+        if stand_in {
+            (0.0, Some(estimate))
+        } else {
+            (estimate, None)
+        }
+    }
 }
 
 /// A claimed action of a run.
@@ -337,4 +350,91 @@ pub trait RunLedger: Send + Sync {
 
     /// Runs not yet complete, oldest first (for the reconciler; a short list).
     fn open_runs(&self) -> impl Future<Output = Result<Vec<String>, LedgerError>> + Send;
+}
+/// A shared ledger is the ledger it points to.
+impl<T: RunLedger> RunLedger for std::sync::Arc<T> {
+    fn create_run(&self, run: &RunRecord) -> impl Future<Output = Result<RunRecord, LedgerError>> + Send {
+        (**self).create_run(run)
+    }
+    fn run(&self, run_id: &str) -> impl Future<Output = Result<Option<RunRecord>, LedgerError>> + Send {
+        (**self).run(run_id)
+    }
+    fn set_totals(&self, run_id: &str, totals: &SplitTotals) -> impl Future<Output = Result<(), LedgerError>> + Send {
+        (**self).set_totals(run_id, totals)
+    }
+    fn advance(
+        &self,
+        run_id: &str,
+        from: Checkpoint,
+        to: Checkpoint,
+        finished: bool,
+    ) -> impl Future<Output = Result<bool, LedgerError>> + Send {
+        (**self).advance(run_id, from, to, finished)
+    }
+    fn record_invalid(
+        &self,
+        run_id: &str,
+        rows: &[InvalidRow],
+    ) -> impl Future<Output = Result<(), LedgerError>> + Send {
+        (**self).record_invalid(run_id, rows)
+    }
+    fn record(
+        &self,
+        run_id: &str,
+        outcomes: &[Outcome],
+    ) -> impl Future<Output = Result<Vec<Outcome>, LedgerError>> + Send {
+        (**self).record(run_id, outcomes)
+    }
+    fn recorded_rows(&self, run_id: &str, rows: &[u64]) -> impl Future<Output = Result<Vec<u64>, LedgerError>> + Send {
+        (**self).recorded_rows(run_id, rows)
+    }
+    fn outcome(&self, run_id: &str, row: u64) -> impl Future<Output = Result<Option<Outcome>, LedgerError>> + Send {
+        (**self).outcome(run_id, row)
+    }
+    fn claim(
+        &self,
+        run_id: &str,
+        action: Action,
+        now_ms: u64,
+        until_ms: u64,
+    ) -> impl Future<Output = Result<Option<RunRecord>, LedgerError>> + Send {
+        (**self).claim(run_id, action, now_ms, until_ms)
+    }
+    fn release(&self, run_id: &str, action: Action) -> impl Future<Output = Result<(), LedgerError>> + Send {
+        (**self).release(run_id, action)
+    }
+    fn done(&self, run_id: &str, action: Action, now_ms: u64) -> impl Future<Output = Result<(), LedgerError>> + Send {
+        (**self).done(run_id, action, now_ms)
+    }
+    fn outcomes(
+        &self,
+        run_id: &str,
+        after: Option<u64>,
+    ) -> impl Future<Output = Result<Page<Outcome>, LedgerError>> + Send {
+        (**self).outcomes(run_id, after)
+    }
+    fn invalid_rows(
+        &self,
+        run_id: &str,
+        after: Option<u64>,
+    ) -> impl Future<Output = Result<Page<InvalidRow>, LedgerError>> + Send {
+        (**self).invalid_rows(run_id, after)
+    }
+    fn stop(&self, run_id: &str, reason: &str) -> impl Future<Output = Result<bool, LedgerError>> + Send {
+        (**self).stop(run_id, reason)
+    }
+    fn stop_over_budget(
+        &self,
+        run_id: &str,
+        cap_usd: f64,
+        reason: &str,
+    ) -> impl Future<Output = Result<bool, LedgerError>> + Send {
+        (**self).stop_over_budget(run_id, cap_usd, reason)
+    }
+    fn reopen(&self, run_id: &str, rows: &[u64]) -> impl Future<Output = Result<Vec<u64>, LedgerError>> + Send {
+        (**self).reopen(run_id, rows)
+    }
+    fn open_runs(&self) -> impl Future<Output = Result<Vec<String>, LedgerError>> + Send {
+        (**self).open_runs()
+    }
 }

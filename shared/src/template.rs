@@ -110,6 +110,9 @@ pub struct Template {
     /// CSV column holding reference image URLs (`;`-separated) for image-to-image.
     pub source_image: Option<String>,
     columns: BTreeMap<String, String>,
+    /// The templates document this template was read from: what a run keeps to read its rows the
+    /// same way until it ends.
+    document: std::sync::Arc<str>,
 }
 
 /// All templates of one file, by name.
@@ -148,10 +151,11 @@ impl TemplateSet {
             path: origin.to_owned(),
             message: e.to_string(),
         })?;
+        let document: std::sync::Arc<str> = text.into();
         let templates = file
             .templates
             .into_iter()
-            .map(|(name, raw)| Template::from_raw(name.clone(), raw).map(|t| (name, t)))
+            .map(|(name, raw)| Template::from_raw(name.clone(), raw, document.clone()).map(|t| (name, t)))
             .collect::<Result<_, _>>()?;
         Ok(Self { templates })
     }
@@ -181,7 +185,7 @@ impl TemplateSet {
 }
 
 impl Template {
-    fn from_raw(name: String, raw: RawTemplate) -> Result<Self, TemplateError> {
+    fn from_raw(name: String, raw: RawTemplate, document: std::sync::Arc<str>) -> Result<Self, TemplateError> {
         let pattern = |field, text: &str| {
             Pattern::parse(text).map_err(|error| TemplateError::Pattern {
                 template: name.clone(),
@@ -213,7 +217,13 @@ impl Template {
             source_image: raw.source_image,
             columns: raw.columns,
             name,
+            document,
         })
+    }
+
+    /// The templates document this template comes from.
+    pub fn document(&self) -> &str {
+        &self.document
     }
 
     /// The CSV column a placeholder reads: its `[columns]` mapping, else the placeholder's own name.

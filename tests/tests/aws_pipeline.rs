@@ -88,16 +88,14 @@ impl Stack {
                     client,
                     &format!("{}/services/T0/B0/secret", slack.uri()),
                 )),
-                locations: Locations {
-                    bucket: bucket.clone(),
-                    public_base_url: Some("https://cdn.example.test".into()),
-                },
+                locations: Locations::bucket(&bucket, Some("https://cdn.example.test".into())),
                 cms_max_attempts: 3,
                 notify_retry: RetryPolicy {
                     max_attempts: 2,
                     base: Duration::from_millis(10),
                     cap: Duration::from_millis(10),
                 },
+                notify_best_effort: false,
                 silence: config.reconcile_silence,
                 max_run_cost_usd: config.max_run_cost_usd,
             },

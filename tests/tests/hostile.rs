@@ -590,12 +590,12 @@ mod local {
             reasons,
             [
                 "abandoned: the run was interrupted during the provider call",
-                "not attempted: the run was interrupted"
+                "not attempted: the run was stopped (interrupted with Ctrl-C)"
             ]
         );
         let path = imagepipe::local::report_path(&run.out_dir, &report.run_id);
         let stored: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-        assert_eq!(stored["state"], "interrupted");
+        assert_eq!(stored["stopped"], "interrupted with Ctrl-C");
     }
 }
 

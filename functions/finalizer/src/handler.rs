@@ -50,6 +50,7 @@ impl Deps {
                     base: Duration::from_secs(1),
                     cap: Duration::from_secs(5),
                 },
+                notify_best_effort: false,
                 silence: config.reconcile_silence,
                 max_run_cost_usd: config.max_run_cost_usd,
             },

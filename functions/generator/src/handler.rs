@@ -41,7 +41,7 @@ pub const BACKOFF: RetryPolicy = RetryPolicy {
 impl Deps {
     pub fn new(clients: &AwsClients, config: Config) -> Result<Self, ConfigError> {
         let store = S3ObjectStore::new(clients.s3.clone(), &config.bucket);
-        let bucket = config.bucket.clone();
+        let locations = config.locations();
         Ok(Self {
             jobs: SqsQueue::new(clients.sqs.clone(), config.jobs_queue_url()?),
             generator: Generator {
@@ -55,7 +55,8 @@ impl Deps {
                 provider_timeouts: config.provider_timeouts,
                 max_receive_count: config.max_receive_count,
                 backoff: BACKOFF,
-                location: Box::new(move |key| format!("s3://{bucket}/{key}")),
+                locations,
+                leases: true,
             },
         })
     }

@@ -233,15 +233,10 @@ async fn split_one(deps: &Deps, request: Request, deadline: u64) -> Result<Outco
         }
         Err(reason) => (DeploymentConfig::from_texts(None, None)?, Err(reason)),
     };
+    let template = template.and_then(|name| config.templates.get(&name).map_err(|e| e.to_string()));
     let split = deps
         .splitter
-        .split(
-            &source,
-            template.as_deref().map_err(Clone::clone),
-            model.as_deref(),
-            &config,
-            deadline,
-        )
+        .split(&source, template, model.as_deref(), &config.catalog, deadline)
         .await?;
     Ok(Outcome::of(source.name(), split))
 }

@@ -3,6 +3,7 @@
 
 pub mod dynamodb_ledger;
 pub mod fs_store;
+pub mod local_queue;
 pub mod memory_ledger;
 #[cfg(any(test, feature = "test-util"))]
 pub mod memory_publish;

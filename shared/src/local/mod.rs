@@ -1,35 +1,41 @@
-//! The whole pipeline in one process: plan, then stream jobs to a bounded pool of workers that
-//! generate with retries, then write the report. Used by `imagepipe run`.
+//! The local run: the AWS deployment's pipeline — split, generate, record — in one process, over
+//! local adapters: the output directory as the object store, in-process queues with SQS's delivery
+//! rules (visibility, delays, a dead-letter limit), and the in-memory run ledger. What differs from
+//! AWS is a setting of the shared use cases (no leases, stops read at once), not a copy of them.
+//! Used by `imagepipe run`.
 
 mod snapshot;
-mod worker;
 
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::StreamExt;
-use tokio::sync::mpsc;
+use futures::future::join_all;
 pub use tokio_util::sync::CancellationToken;
 
 use crate::adapters::fs_store::FsObjectStore;
+use crate::adapters::local_queue::{LocalQueue, Received};
+use crate::adapters::memory_ledger::MemoryLedger;
 use crate::catalog::Catalog;
-use crate::events::Outcome;
+use crate::events::{FinalizerInput, PipelineEvent, get_json, now_ms};
 use crate::job::{Job, run_id};
+use crate::ledger::{RunLedger, RunState};
+use crate::locations::{Locations, keys};
 use crate::provider::{ImageProvider, ReferenceSigner};
 use crate::publish::{HttpCms, SlackWebhook};
-use crate::report::{ImageEntry, ReportBuilder, RunReport};
+use crate::queue::MessageQueue;
+use crate::report::{FailureEntry, RunReport};
 use crate::retry::RetryPolicy;
-use crate::rows::{CsvError, InvalidRow, RowOutcome, RowReader};
 use crate::store::{NewObject, ObjectStore};
 use crate::template::Template;
-use crate::usecase::finalize::{completion_message, notify, start_message, update_cms};
+use crate::usecase::deliver::{Disposition, FINISH_TIME, Generator, MIN_CALL_TIME, Providers};
 use crate::usecase::plan::{Plan, PlanError, plan_csv};
-use snapshot::{HashingReader, Tee};
-use worker::Worker;
+use crate::usecase::record::{Delivery, Recorder};
+use crate::usecase::split::{Continuation, CsvSource, SplitError, SplitSettings, Splitter};
+use crate::usecase::stops::RunStops;
+use snapshot::{HashingReader, SnapshotCsv, Tee};
 
 /// Everything a local run needs.
 pub struct LocalRun {
@@ -65,15 +71,22 @@ pub enum RunError {
     Read { file: String, error: std::io::Error },
     #[error(transparent)]
     Plan(#[from] PlanError),
-    #[error(transparent)]
-    Input(#[from] CsvError),
-    #[error("{file} changed while it was read: {what}; the run stopped")]
-    Changed { file: String, what: String },
     #[error("cannot write to {dir}: {error}; nothing was generated")]
     Unwritable { dir: String, error: String },
+    #[error(transparent)]
+    Split(#[from] SplitError),
     #[error("cannot write the report: {0}")]
     Report(String),
 }
+
+/// How long calls in flight may go on after an interrupt before they are abandoned.
+pub const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
+/// How often the run's progress is read from the ledger.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+/// Deadline given to each local step: the process has no invocation deadline.
+const STEP_TIME: Duration = Duration::from_secs(24 * 3600);
+/// A delivery the generator hands back unstarted is tried again after this.
+const HAND_BACK_DELAY: Duration = Duration::from_secs(1);
 
 impl LocalRun {
     /// Plans the run without generating anything.
@@ -100,97 +113,55 @@ impl LocalRun {
         }
     }
 
-    /// Runs the pipeline and writes `<out>/runs/<run_id>/report.json`; `progress` is called once per
-    /// finished row with (rows done, rows to do).
+    /// Where the run's objects are.
+    pub fn locations(&self) -> Locations {
+        Locations::dir(&self.out_dir, self.publish.public_base_url.clone())
+    }
+
+    /// Runs the pipeline and writes `<out>/runs/<run_id>/report.json`; `progress` is called with
+    /// (rows done, rows to do) as rows finish.
     pub async fn run(&self, progress: impl Fn(u64, u64)) -> Result<RunReport, RunError> {
         self.run_until(progress, &CancellationToken::new()).await
     }
 
-    /// [`run`](Self::run), stopping when `interrupt` is cancelled: no new provider call starts, calls
-    /// in flight get [`INTERRUPT_GRACE`] to finish and are then abandoned, every row not done is a
-    /// failure saying so, and the report is written with state `interrupted` (the CMS is not updated).
+    /// [`run`](Self::run), stopping when `interrupt` is cancelled: the run is stopped (no new
+    /// provider call starts), calls in flight get [`INTERRUPT_GRACE`] to finish and are then
+    /// abandoned, every row not done is a failure saying so, and the report says the run stopped.
     pub async fn run_until(
         &self,
         progress: impl Fn(u64, u64),
         interrupt: &CancellationToken,
     ) -> Result<RunReport, RunError> {
-        let started = Instant::now();
         let (plan, snapshot, digest) = self.plan_with_snapshot()?;
-        let model = self.catalog.model(&plan.model).map_err(PlanError::from)?.clone();
-        let run_id = run_id(&[&digest, &plan.template, &plan.model]);
+        let source = SnapshotCsv::new(plan.file.clone(), digest, snapshot);
+        let run_id = run_id(&[source.name(), source.version(), &plan.template, &plan.model]);
         let store = FsObjectStore::new(&self.out_dir);
         check_writable(&store, &self.out_dir, &run_id).await?;
-        // The offline placeholder costs nothing: the estimate is for what runs, the model's price apart.
-        let placeholder = self.provider.name() == "placeholder" && model.provider != "placeholder";
-        let estimate = if placeholder { 0.0 } else { plan.estimated_cost_usd };
-        let mut report = ReportBuilder::new(
-            &run_id,
-            &plan.file,
-            &plan.template,
-            &plan.model,
-            self.provider.name(),
-            estimate,
-        );
-        if placeholder {
-            report.model_estimate(plan.estimated_cost_usd);
-        }
-        for invalid in plan.invalid_rows.iter().cloned() {
-            report.invalid(invalid);
-        }
+        let pipeline = Pipeline::new(self, store);
         tracing::info!(%run_id, rows = plan.rows, valid = plan.valid, invalid = plan.invalid, "run started");
-        let (file, valid, cost) = (&plan.file, plan.valid, estimate);
-        self.post(
-            &start_message(&run_id, file, &plan.template, &plan.model, valid, cost),
-            "start",
-        )
-        .await;
-
-        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(self.concurrency * 2);
-        let reader = self.spawn_reader(snapshot, run_id.clone(), plan.model.clone(), jobs_tx);
-        let stopped = AtomicBool::new(false);
-        let worker = Worker {
-            model: &model,
-            store: &store,
-            provider: self.provider.as_ref(),
-            run: self,
-            stopped: &stopped,
-            interrupt,
+        let abandon = CancellationToken::new();
+        let split = async {
+            pipeline.split(&source, self).await?;
+            std::future::pending::<Result<(), RunError>>().await
         };
-        let jobs = futures::stream::unfold(jobs_rx, |mut rx| async move { rx.recv().await.map(|job| (job, rx)) });
-        let outcomes = jobs
-            .map(|job| worker.process_within_grace(job))
-            .buffer_unordered(self.concurrency.max(1));
-        let mut outcomes = std::pin::pin!(outcomes);
-        let mut done = 0;
-        // Every row's outcome, for the CMS and results.csv (the report itself keeps the first few).
-        let mut rows = Vec::new();
-        while let Some(outcome) = outcomes.next().await {
-            rows.push(match outcome {
-                Ok(image) => Outcome::Succeeded { image, cms: None },
-                Err(failure) => Outcome::Failed { failure },
-            });
-            done += 1;
-            progress(done, plan.valid);
-        }
-        match reader.await {
-            Ok(Ok(second)) if second == (digest.clone(), plan.rows) => {}
-            Ok(Ok((_, rows))) => {
-                return Err(RunError::Changed {
-                    file: plan.file.clone(),
-                    what: format!("{rows} rows on the second pass, {} planned", plan.rows),
-                });
+        let workers = join_all((0..self.concurrency.max(1)).map(|_| pipeline.work(&abandon)));
+        let recorders = join_all((0..recorders(self.concurrency)).map(|_| pipeline.record()));
+        let running = async {
+            tokio::try_join!(split, async {
+                futures::join!(workers, recorders);
+                Ok(())
+            })
+        };
+        tokio::select! {
+            result = running => {
+                result?;
             }
-            Ok(Err(e)) => return Err(e.into()),
-            Err(e) => return Err(RunError::Report(format!("CSV reader stopped: {e}"))),
+            () = pipeline.watch(&run_id, &progress, interrupt, &abandon) => {}
         }
-        let finished = Finished {
-            run_id: &run_id,
-            rows,
-            invalid: &plan.invalid_rows,
-            started,
-            interrupted: interrupt.is_cancelled(),
-        };
-        self.conclude(&store, report, finished).await
+        get_json::<RunReport, _>(&pipeline.store, &keys::report(&run_id))
+            .await
+            .map_err(|e| RunError::Report(e.to_string()))?
+            .ok_or_else(|| RunError::Report(format!("run {run_id} completed without a report")))
     }
 
     /// Plans while copying the CSV to a private file; returns the plan, the copy and its digest.
@@ -207,124 +178,245 @@ impl LocalRun {
         let snapshot = snapshot.rewound().map_err(|e| self.read_error(e))?;
         Ok((plan, snapshot, digest))
     }
+}
 
-    /// CMS updates (not for an interrupted run), `results.csv`, the report, the completion message.
-    async fn conclude(
-        &self,
-        store: &FsObjectStore,
-        mut builder: ReportBuilder,
-        finished: Finished<'_>,
-    ) -> Result<RunReport, RunError> {
-        let Finished {
-            run_id,
-            mut rows,
-            invalid,
-            started,
-            interrupted,
-        } = finished;
-        if let Some(cms) = self.publish.cms.as_ref().filter(|_| !interrupted) {
-            let base = (self.publish.public_base_url.as_deref())
-                .unwrap_or_default()
-                .trim_end_matches('/');
-            let images: Vec<ImageEntry> = rows
+/// Record loops: enough that a slow CMS does not hold the run back, as several finalizers would not.
+fn recorders(concurrency: usize) -> usize {
+    concurrency.div_ceil(10).clamp(1, 16)
+}
+
+/// The use cases of the AWS pipeline over the local adapters.
+struct Pipeline {
+    store: FsObjectStore,
+    ledger: Arc<MemoryLedger>,
+    jobs: LocalQueue,
+    events: LocalQueue,
+    splitter: Splitter<LocalQueue, LocalQueue, LocalQueue, Arc<MemoryLedger>>,
+    generator: Generator<FsObjectStore, LocalQueue, Arc<MemoryLedger>>,
+    recorder: Recorder<Arc<MemoryLedger>, FsObjectStore, HttpCms, SlackWebhook>,
+    /// The most a delivery may take: the provider timeout and the time to store its image.
+    delivery_time: Duration,
+    retry: RetryPolicy,
+}
+
+impl Pipeline {
+    fn new(run: &LocalRun, store: FsObjectStore) -> Self {
+        let ledger = Arc::new(MemoryLedger::new());
+        let delivery_time = run.timeout.max(MIN_CALL_TIME) + FINISH_TIME;
+        // A message no one says anything of comes back after this (a worker always does).
+        let visibility = delivery_time * 2;
+        let events = LocalQueue::new("events", usize::MAX, visibility);
+        // The jobs waiting in memory stay a few rounds of the workers ahead, whatever the CSV's size.
+        let capacity = run.concurrency.max(1) * 4 + 100;
+        let max_attempts = run.retry.max_attempts.max(1);
+        let jobs = LocalQueue::new("jobs", capacity, visibility).with_dead_letter(events.clone(), max_attempts);
+        let continuations = LocalQueue::new("split", 16, visibility);
+        let locations = run.locations();
+        Self {
+            splitter: Splitter {
+                jobs: jobs.clone(),
+                events: events.clone(),
+                continuations,
+                ledger: ledger.clone(),
+                settings: SplitSettings {
+                    provider: Some(run.provider.name().to_owned()),
+                    max_run_cost_usd: None,
+                    max_rows: u64::MAX,
+                    send_concurrency: 4,
+                    reserve: Duration::ZERO,
+                    rows_per_invocation: u64::MAX,
+                },
+            },
+            generator: Generator {
+                store: store.clone(),
+                events: events.clone(),
+                // Reads of the in-memory ledger are free: a stop is seen by the next job.
+                stops: RunStops::with_interval(ledger.clone(), Duration::ZERO),
+                catalog: run.catalog.clone(),
+                providers: Providers::with(run.provider.clone()),
+                signer: run.signer.clone(),
+                provider_timeout: run.timeout,
+                provider_timeouts: Default::default(),
+                max_receive_count: max_attempts,
+                backoff: run.retry,
+                locations: locations.clone(),
+                // One process holds every delivery: a job is never generated twice at once.
+                leases: false,
+            },
+            recorder: Recorder {
+                ledger: ledger.clone(),
+                store: store.clone(),
+                cms: run.publish.cms.clone(),
+                notifier: run.publish.notifier.clone(),
+                locations,
+                cms_max_attempts: max_attempts,
+                notify_retry: run.retry,
+                notify_best_effort: true,
+                silence: Duration::MAX,
+                max_run_cost_usd: None,
+            },
+            store,
+            ledger,
+            jobs,
+            events,
+            delivery_time,
+            retry: run.retry,
+        }
+    }
+
+    /// Splits the CSV into jobs, segment after segment.
+    async fn split(&self, source: &SnapshotCsv, run: &LocalRun) -> Result<(), RunError> {
+        let deadline = now_ms() + STEP_TIME.as_millis() as u64;
+        let mut split = self
+            .splitter
+            .split(source, Ok(&run.template), run.model.as_deref(), &run.catalog, deadline)
+            .await?;
+        let continuations = &self.splitter.continuations;
+        while split.continued {
+            for message in continuations.receive(1).await.map_err(SplitError::from)? {
+                let _ = continuations.delete(&message.receipt_handle);
+                let Ok(next) = serde_json::from_str::<Continuation>(&message.body) else {
+                    continue;
+                };
+                split = (self.splitter)
+                    .resume(&next.continue_run, next.rows_read, source, deadline)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A generator: takes jobs one at a time and does what the queue would with each disposition.
+    async fn work(&self, abandon: &CancellationToken) {
+        loop {
+            let Ok(messages) = self.jobs.receive(1).await else {
+                return;
+            };
+            for message in messages {
+                self.deliver(message, abandon).await;
+            }
+        }
+    }
+
+    async fn deliver(&self, message: Received, abandon: &CancellationToken) {
+        let Received {
+            body,
+            receive_count,
+            receipt_handle,
+        } = message;
+        let Ok(job) = serde_json::from_str::<Job>(&body) else {
+            tracing::error!(body = %body.chars().take(500).collect::<String>(), "job message does not parse; dropped");
+            let _ = self.jobs.delete(&receipt_handle);
+            return;
+        };
+        let deliver = self.generator.deliver(&job, receive_count, self.delivery_time);
+        let disposition = if abandon.is_cancelled() {
+            deliver.await
+        } else {
+            tokio::select! {
+                disposition = deliver => disposition,
+                () = abandon.cancelled() => self.abandoned(&job, receive_count).await,
+            }
+        };
+        let handled = match disposition {
+            Disposition::Done => self.jobs.delete(&receipt_handle),
+            Disposition::RetryAfter(after) => self.jobs.delay(&receipt_handle, after).await,
+            Disposition::HandBack(reason) => {
+                tracing::warn!(row = job.row, %reason, "handed back");
+                self.jobs.delay(&receipt_handle, HAND_BACK_DELAY).await
+            }
+        };
+        if let Err(e) = handled {
+            tracing::warn!(row = job.row, error = %e, "job message not settled; it comes back");
+        }
+    }
+
+    /// The outcome of a provider call the interrupt's grace period did not wait for.
+    async fn abandoned(&self, job: &Job, attempts: u32) -> Disposition {
+        let event = PipelineEvent::JobFailed {
+            run_id: job.run_id.clone(),
+            failure: FailureEntry {
+                row: job.row,
+                key: job.key.to_string(),
+                reason: "abandoned: the run was interrupted during the provider call".into(),
+                attempts,
+            },
+        };
+        let body = serde_json::to_string(&event).unwrap_or_default();
+        match self.events.send_batch(vec![body]).await {
+            Ok(()) => Disposition::Done,
+            Err(e) => Disposition::HandBack(e.to_string()),
+        }
+    }
+
+    /// A finalizer: records outcomes, then starts and completes the run.
+    async fn record(&self) {
+        loop {
+            let Ok(messages) = self.events.receive(10).await else {
+                return;
+            };
+            let deliveries = messages
                 .iter()
-                .filter_map(|o| match o {
-                    Outcome::Succeeded { image, .. } => Some(image.clone()),
-                    Outcome::Failed { .. } => None,
+                .filter_map(|m| {
+                    let input = FinalizerInput::parse(&m.body).ok()?;
+                    Some(Delivery {
+                        id: m.receipt_handle.clone(),
+                        input,
+                        receive_count: m.receive_count,
+                    })
                 })
                 .collect();
-            let results = update_cms(
-                &images,
-                cms,
-                |image| format!("{base}/{}", image.object_key),
-                &self.retry,
-            )
-            .await;
-            let mut results = results.into_iter();
-            for row in &mut rows {
-                if let Outcome::Succeeded { cms, .. } = row {
-                    *cms = results.next();
+            let deadline = now_ms() + STEP_TIME.as_millis() as u64;
+            let again = self.recorder.handle_batch(deliveries, deadline).await;
+            for message in messages {
+                let handle = &message.receipt_handle;
+                let settled = if again.contains(handle) {
+                    let after = self.retry.delay(message.receive_count, None);
+                    self.events.delay(handle, after).await
+                } else {
+                    self.events.delete(handle)
+                };
+                if let Err(e) = settled {
+                    tracing::warn!(error = %e, "event not settled; it comes back");
                 }
             }
         }
-        rows.sort_by_key(Outcome::row);
-        let results_key = results_key(run_id);
-        write_results(store, &results_key, &rows, invalid, &self.out_dir)
-            .await
-            .map_err(|e| RunError::Report(e.to_string()))?;
-        for row in rows {
-            match row {
-                Outcome::Succeeded { image, cms } => {
-                    if let Some(result) = cms {
-                        builder.cms(&image, result);
-                    }
-                    builder.image(image);
-                }
-                Outcome::Failed { failure } => builder.failure(failure),
-            }
-        }
-        builder.results(&self.out_dir.join(&results_key).display().to_string());
-        let report = builder.finish(started.elapsed().as_secs_f64());
-        self.write_report(store, &report, interrupted).await?;
-        let location = report_path(&self.out_dir, &report.run_id).display().to_string();
-        self.post(&completion_message(&report, &location), "completion").await;
-        let (succeeded, failed, invalid) = (report.succeeded, report.failed, report.invalid);
-        tracing::info!(run_id = %report.run_id, succeeded, failed, invalid, interrupted, "run finished");
-        Ok(report)
     }
 
-    /// Posts a run message to the notifier, if any; a failure is logged, not fatal.
-    async fn post(&self, text: &str, which: &str) {
-        if let Some(notifier) = &self.publish.notifier
-            && let Err(e) = notify(notifier, text, &self.retry).await
-        {
-            tracing::warn!(error = %e, "run {which} message not posted");
-        }
-    }
-
-    /// Streams the snapshot on a blocking thread, sending valid rows as jobs (back-pressured by the
-    /// channel); returns the digest and the row count it read, to be compared with the plan's.
-    fn spawn_reader(
+    /// Reports progress until the run is complete; an interrupt stops the run, then abandons the
+    /// calls still in flight after the grace period.
+    async fn watch(
         &self,
-        snapshot: File,
-        run_id: String,
-        model: String,
-        jobs: mpsc::Sender<Job>,
-    ) -> tokio::task::JoinHandle<Result<(String, u64), CsvError>> {
-        let (file, template) = (self.csv.display().to_string(), self.template.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut input = HashingReader::new(BufReader::with_capacity(64 * 1024, snapshot));
-            let mut rows = RowReader::open(&mut input, &file, &template)?;
-            while let Some(row) = rows.next_row() {
-                if let RowOutcome::Valid(row) = row?
-                    && jobs
-                        .blocking_send(Job::from_row(&run_id, &model, template.size, row))
-                        .is_err()
-                {
-                    return Ok((String::new(), 0)); // the run stopped consuming
+        run_id: &str,
+        progress: &impl Fn(u64, u64),
+        interrupt: &CancellationToken,
+        abandon: &CancellationToken,
+    ) {
+        let mut interrupted_at = None;
+        loop {
+            if let Ok(Some(run)) = self.ledger.run(run_id).await {
+                if let Some(totals) = run.totals.as_ref().filter(|t| t.rejected.is_none()) {
+                    progress(run.recorded(), totals.awaited);
+                }
+                if run.state == RunState::Complete {
+                    return;
                 }
             }
-            let count = rows.rows_read();
-            drop(rows);
-            let _ = std::io::copy(&mut input, &mut std::io::sink());
-            Ok((input.finish().1, count))
-        })
-    }
-
-    async fn write_report(&self, store: &FsObjectStore, report: &RunReport, interrupted: bool) -> Result<(), RunError> {
-        let state = if interrupted { "interrupted" } else { "complete" };
-        let stored = StoredReport { report, state };
-        let body = serde_json::to_vec_pretty(&stored).map_err(|e| RunError::Report(e.to_string()))?;
-        let object = NewObject {
-            body: body.into(),
-            content_type: "application/json".into(),
-            cache_control: None,
-            metadata: vec![],
-        };
-        store
-            .put(&report_key(&report.run_id), object)
-            .await
-            .map_err(|e| RunError::Report(e.to_string()))
+            match interrupted_at {
+                None if interrupt.is_cancelled() => {
+                    interrupted_at = Some(tokio::time::Instant::now());
+                    let reason = "interrupted with Ctrl-C";
+                    if let Err(e) = self.ledger.stop(run_id, reason).await {
+                        tracing::warn!(error = %e, "run not stopped");
+                    }
+                    // Rows waiting out a back-off fail now, as not attempted, instead of after it.
+                    self.jobs.wake_delayed();
+                }
+                Some(at) if at.elapsed() >= INTERRUPT_GRACE => abandon.cancel(),
+                _ => {}
+            }
+            tokio::time::sleep(PROGRESS_EVERY).await;
+        }
     }
 }
 
@@ -351,72 +443,7 @@ async fn check_writable(store: &FsObjectStore, out_dir: &Path, run_id: &str) -> 
     Ok(())
 }
 
-/// How long calls in flight may go on after an interrupt before they are abandoned.
-pub const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
-
-/// A local report as written: the run's report and whether it ran to its end.
-#[derive(serde::Serialize)]
-struct StoredReport<'a> {
-    #[serde(flatten)]
-    report: &'a RunReport,
-    /// `complete`, or `interrupted` (Ctrl-C): rows not done are failures saying so.
-    state: &'static str,
-}
-
-/// What a run leaves to conclude: every row's outcome and the invalid rows.
-struct Finished<'a> {
-    run_id: &'a str,
-    rows: Vec<Outcome>,
-    invalid: &'a [InvalidRow],
-    started: Instant,
-    interrupted: bool,
-}
-
-/// Writes `results.csv`: a line per row, outcomes and invalid rows merged in row order.
-async fn write_results(
-    store: &FsObjectStore,
-    key: &str,
-    rows: &[Outcome],
-    invalid: &[InvalidRow],
-    out_dir: &Path,
-) -> Result<(), crate::store::StoreError> {
-    let mut upload = crate::store::ObjectStore::upload(store, key, "text/csv").await?;
-    let mut text = String::from(crate::results::HEADER);
-    let (mut rows, mut invalid) = (rows.iter().peekable(), invalid.iter().peekable());
-    loop {
-        let next_invalid = match (rows.peek(), invalid.peek()) {
-            (Some(o), Some(i)) => i.row < o.row(),
-            (None, Some(_)) => true,
-            (Some(_), None) => false,
-            (None, None) => break,
-        };
-        if next_invalid {
-            crate::results::invalid_line(&mut text, invalid.next().expect("peeked"));
-        } else if let Some(outcome) = rows.next() {
-            let path = match outcome {
-                Outcome::Succeeded { image, .. } => out_dir.join(&image.object_key).display().to_string(),
-                Outcome::Failed { .. } => String::new(),
-            };
-            crate::results::outcome_line(&mut text, outcome, &path);
-        }
-        if text.len() >= crate::usecase::report::PART_BYTES {
-            crate::store::Upload::part(&mut upload, std::mem::take(&mut text).into()).await?;
-        }
-    }
-    crate::store::Upload::finish(upload, text.into()).await
-}
-
-/// Where a run's line-per-row results are, relative to the output root.
-pub fn results_key(run_id: &str) -> String {
-    format!("runs/{run_id}/results.csv")
-}
-
-/// Where a run's report is stored, relative to the output root or bucket.
-pub fn report_key(run_id: &str) -> String {
-    format!("runs/{run_id}/report.json")
-}
-
 /// The local path of a run's report.
 pub fn report_path(out_dir: &Path, run_id: &str) -> PathBuf {
-    out_dir.join(report_key(run_id))
+    out_dir.join(keys::report(run_id))
 }

@@ -59,3 +59,60 @@ impl<R: Read> Read for HashingReader<R> {
         Ok(n)
     }
 }
+
+/// The snapshot as the splitter reads it: by byte range, from a file no one else writes.
+pub(crate) struct SnapshotCsv {
+    name: String,
+    digest: String,
+    file: std::sync::Arc<File>,
+}
+
+impl SnapshotCsv {
+    /// `file` is the snapshot of the CSV shown as `name`, whose content hashes to `digest`.
+    pub(crate) fn new(name: String, digest: String, file: File) -> Self {
+        Self {
+            name,
+            digest,
+            file: std::sync::Arc::new(file),
+        }
+    }
+}
+
+impl crate::usecase::split::CsvSource for SnapshotCsv {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn version(&self) -> &str {
+        &self.digest
+    }
+
+    async fn open_range(&self, start: u64, end: Option<u64>) -> Result<Box<dyn Read + Send>, crate::store::StoreError> {
+        Ok(Box::new(RangeReader {
+            file: self.file.clone(),
+            at: start,
+            end: end.unwrap_or(u64::MAX),
+        }))
+    }
+}
+
+/// Reads `at..end` of a shared file with positioned reads, so readers do not move each other.
+struct RangeReader {
+    file: std::sync::Arc<File>,
+    at: u64,
+    end: u64,
+}
+
+impl Read for RangeReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let room = usize::try_from(self.end.saturating_sub(self.at)).unwrap_or(usize::MAX);
+        let take = buf.len().min(room);
+        if take == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..take], self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}

@@ -12,6 +12,7 @@ use crate::catalog::ModelInfo;
 use crate::events::PipelineEvent;
 use crate::job::Job;
 use crate::ledger::RunLedger;
+use crate::locations::Locations;
 use crate::provider::{self, ImageProvider, ReferenceSigner};
 use crate::queue::MessageQueue;
 use crate::report::FailureEntry;
@@ -90,8 +91,11 @@ pub struct Generator<S, E, L> {
     pub max_receive_count: u32,
     /// Back-off between deliveries.
     pub backoff: RetryPolicy,
-    /// How an image's location reads in reports (`s3://bucket/key`).
-    pub location: Box<dyn Fn(&str) -> String + Send + Sync>,
+    /// Where images are (an image's `path` in reports and results).
+    pub locations: Locations,
+    /// Generate under a lease on the image key (several consumers may hold the same job at once);
+    /// off where one process holds every delivery (the local run).
+    pub leases: bool,
 }
 
 impl<S: ObjectStore, E: MessageQueue, L: RunLedger> Generator<S, E, L> {
@@ -132,7 +136,7 @@ impl<S: ObjectStore, E: MessageQueue, L: RunLedger> Generator<S, E, L> {
             Ok(generated) => PipelineEvent::JobSucceeded {
                 run_id: job.run_id.clone(),
                 image: {
-                    let path = (self.location)(&generated.object_key);
+                    let path = self.locations.object(&generated.object_key);
                     generated.into_entry(job, path)
                 },
             },
@@ -178,6 +182,12 @@ impl<S: ObjectStore, E: MessageQueue, L: RunLedger> Generator<S, E, L> {
         provider: &dyn ImageProvider,
         timeout: Duration,
     ) -> Result<Option<Generated>, JobError> {
+        if !self.leases {
+            let signer = self.signer.as_deref();
+            return generate::generate_image(job, model, &self.store, provider, signer, timeout)
+                .await
+                .map(Some);
+        }
         if let Some(existing) = generate::existing_image(&self.store, job).await? {
             return Ok(Some(existing));
         }

@@ -62,6 +62,9 @@ pub struct Recorder<L, S, C, N> {
     pub cms_max_attempts: u32,
     /// Retries inside one call to ride out a blip of Slack.
     pub notify_retry: RetryPolicy,
+    /// A message still not posted after `notify_retry` is logged and the run goes on (a local run,
+    /// which must end); otherwise the step is tried again later, by the next delivery or the reconciler.
+    pub notify_best_effort: bool,
     /// A run that still awaits outcomes but has recorded none for this long has lost them.
     pub silence: Duration,
     /// A run whose recorded spend reaches this stops calling the provider.
@@ -221,12 +224,14 @@ impl<L: RunLedger, S: ObjectStore, C: Cms, N: Notifier> Recorder<L, S, C, N> {
                 &run.template,
                 &run.model,
                 totals.awaited,
-                totals.estimated_cost_usd,
+                run.estimates().0,
             );
             let posted = within(deadline_ms, notify(notifier, &text, &self.notify_retry)).await;
             match posted {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) if !e.retryable => tracing::error!(%run_id, error = %e, "start message refused; not sent"),
+                Ok(Err(e)) if !e.retryable || self.notify_best_effort => {
+                    tracing::error!(%run_id, error = %e, "start message not sent")
+                }
                 Ok(Err(e)) => return self.give_back(run_id, Action::Start, e.to_string()).await,
                 Err(late) => return self.give_back(run_id, Action::Start, late).await,
             }
@@ -252,12 +257,11 @@ impl<L: RunLedger, S: ObjectStore, C: Cms, N: Notifier> Recorder<L, S, C, N> {
             .await
             .map_err(|e| e.to_string())?;
         if let Some(notifier) = &self.notifier {
-            let location = self.locations.object(&crate::locations::keys::report(&run.run_id));
-            let text = completion_message(&report, &location);
+            let text = completion_message(&report, &self.locations.report(&run.run_id));
             match notify(notifier, &text, &self.notify_retry).await {
                 Ok(()) => {}
-                Err(e) if !e.retryable => {
-                    tracing::error!(run_id = %run.run_id, error = %e, "completion message refused")
+                Err(e) if !e.retryable || self.notify_best_effort => {
+                    tracing::error!(run_id = %run.run_id, error = %e, "completion message not sent")
                 }
                 Err(e) => return Err(e.to_string()),
             }

@@ -65,16 +65,14 @@ async fn world(fail_at: usize, slack: Trouble) -> World {
         store: FsObjectStore::new(dir.path()),
         cms: Some(cms.clone()),
         notifier: Some(notifier.clone()),
-        locations: Locations {
-            bucket: "b".into(),
-            public_base_url: None,
-        },
+        locations: Locations::bucket("b", None),
         cms_max_attempts: 3,
         notify_retry: RetryPolicy {
             max_attempts: 1,
             base: Duration::ZERO,
             cap: Duration::ZERO,
         },
+        notify_best_effort: false,
         silence: Duration::from_secs(3600),
         max_run_cost_usd: None,
     };

@@ -135,14 +135,18 @@ pub async fn write_report<L: RunLedger, S: ObjectStore>(
     run: &RunRecord,
 ) -> Result<RunReport, ReportError> {
     let totals = run.totals.clone().unwrap_or_default();
+    let (estimate, model_estimate) = run.estimates();
     let mut builder = ReportBuilder::new(
         &run.run_id,
         &run.source,
         &run.template,
         &run.model,
         &run.provider,
-        totals.estimated_cost_usd,
+        estimate,
     );
+    if let Some(usd) = model_estimate {
+        builder.model_estimate(usd);
+    }
     let results_key = keys::results(&run.run_id);
     let mut upload = store.upload(&results_key, "text/csv; charset=utf-8").await?;
     let mut part = String::from(HEADER);

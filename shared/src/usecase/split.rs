@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::deployment::DeploymentConfig;
+use crate::catalog::Catalog;
 use crate::events::{PipelineEvent, now_ms};
 use crate::job::{Job, run_id};
 use crate::ledger::{Action, Checkpoint, LedgerError, RunLedger, RunRecord, RunState, SplitTotals};
@@ -103,19 +103,21 @@ pub struct Splitter<Q, E, K, L> {
 }
 
 impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q, E, K, L> {
-    /// Starts (or, for a duplicate event, re-announces) the run of `source` with the template named
-    /// `template` of `config` (or a rejection reason when none could be chosen).
+    /// Starts (or, for a duplicate event, re-announces) the run of `source` with `template` (or a
+    /// rejection reason when none could be chosen) and `model` (the template's by default), priced
+    /// from `catalog`.
     pub async fn split<C: CsvSource>(
         &self,
         source: &C,
-        template: Result<&str, String>,
+        template: Result<&Template, String>,
         model: Option<&str>,
-        config: &DeploymentConfig,
+        catalog: &Catalog,
         deadline_ms: u64,
     ) -> Result<Split, SplitError> {
-        let found = template.and_then(|name| config.templates.get(name).map_err(|e| e.to_string()));
-        let template_name = found.as_ref().map_or("-", |t| t.name.as_str());
-        let model_name = model.or(found.as_ref().ok().map(|t| t.model.as_str())).unwrap_or("-");
+        let template_name = template.as_ref().map_or("-", |t| t.name.as_str());
+        let model_name = model
+            .or(template.as_ref().ok().map(|t| t.model.as_str()))
+            .unwrap_or("-");
         let run_id = run_id(&[source.name(), source.version(), template_name, model_name]);
         let mut new = RunRecord::new(
             &run_id,
@@ -126,15 +128,15 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
             "-",
             now_ms(),
         );
-        new.model_entry = config.catalog.model(model_name).ok().cloned();
+        new.model_entry = catalog.model(model_name).ok().cloned();
         new.provider = (self.settings.provider.clone())
             .or_else(|| new.model_entry.as_ref().map(|m| m.provider.clone()))
             .unwrap_or_else(|| "-".into());
-        if found.is_ok() {
-            new.template_source = config.template_source(template_name).to_owned();
+        if let Ok(template) = &template {
+            new.template_source = template.document().to_owned();
         }
         // A run whose template or model cannot be used is recorded, then rejected with the reason.
-        let rejection = match (&found, config.catalog.model(model_name)) {
+        let rejection = match (&template, catalog.model(model_name)) {
             (Err(reason), _) => Some(reason.clone()),
             (Ok(_), Err(unknown)) => Some(unknown.to_string()),
             _ => None,

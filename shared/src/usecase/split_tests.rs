@@ -75,7 +75,13 @@ async fn a_split_in_segments_sends_every_valid_row_once_and_skips_invalid_ones_a
     let config = DeploymentConfig::from_texts(None, None).unwrap();
     let source = csv();
     let first = splitter
-        .split(&source, Ok("product"), None, &config, deadline())
+        .split(
+            &source,
+            config.templates.get("product").map_err(|e| e.to_string()),
+            None,
+            &config.catalog,
+            deadline(),
+        )
         .await
         .unwrap();
     assert!(first.continued);
@@ -122,12 +128,24 @@ async fn a_duplicate_upload_event_announces_the_run_again_and_sends_nothing() {
     let splitter = splitter(u64::MAX);
     let config = DeploymentConfig::from_texts(None, None).unwrap();
     let first = splitter
-        .split(&csv(), Ok("product"), None, &config, deadline())
+        .split(
+            &csv(),
+            config.templates.get("product").map_err(|e| e.to_string()),
+            None,
+            &config.catalog,
+            deadline(),
+        )
         .await
         .unwrap();
     assert!(!first.continued && !first.duplicate);
     let again = splitter
-        .split(&csv(), Ok("product"), None, &config, deadline())
+        .split(
+            &csv(),
+            config.templates.get("product").map_err(|e| e.to_string()),
+            None,
+            &config.catalog,
+            deadline(),
+        )
         .await
         .unwrap();
     assert!(again.duplicate);
@@ -142,7 +160,13 @@ async fn a_file_over_the_budget_is_rejected_before_any_job() {
     splitter.settings.max_run_cost_usd = Some(0.10);
     let config = DeploymentConfig::from_texts(None, None).unwrap();
     let split = splitter
-        .split(&csv(), Ok("product"), Some("nano-banana"), &config, deadline())
+        .split(
+            &csv(),
+            config.templates.get("product").map_err(|e| e.to_string()),
+            Some("nano-banana"),
+            &config.catalog,
+            deadline(),
+        )
         .await
         .unwrap();
     let reason = split.totals.unwrap().rejected.unwrap();
@@ -161,7 +185,13 @@ async fn a_run_keeps_its_own_template_and_model_whatever_happens_to_the_deployme
     let config = DeploymentConfig::from_texts(Some(house), Some(models)).unwrap();
     let source = csv();
     let first = splitter
-        .split(&source, Ok("house"), None, &config, deadline())
+        .split(
+            &source,
+            config.templates.get("house").map_err(|e| e.to_string()),
+            None,
+            &config.catalog,
+            deadline(),
+        )
         .await
         .unwrap();
     // The house template does not use the colour: only the duplicate key (row 20) is invalid.
@@ -194,7 +224,13 @@ async fn an_unknown_template_or_model_rejects_the_run_with_the_names_it_knows() 
     let splitter = splitter(u64::MAX);
     let config = DeploymentConfig::from_texts(None, None).unwrap();
     let split = splitter
-        .split(&csv(), Ok("nope"), None, &config, deadline())
+        .split(
+            &csv(),
+            config.templates.get("nope").map_err(|e| e.to_string()),
+            None,
+            &config.catalog,
+            deadline(),
+        )
         .await
         .unwrap();
     let reason = split.totals.unwrap().rejected.unwrap();
@@ -203,7 +239,13 @@ async fn an_unknown_template_or_model_rejects_the_run_with_the_names_it_knows() 
         "{reason}"
     );
     let split = splitter
-        .split(&csv(), Ok("product"), Some("nope-model"), &config, deadline())
+        .split(
+            &csv(),
+            config.templates.get("product").map_err(|e| e.to_string()),
+            Some("nope-model"),
+            &config.catalog,
+            deadline(),
+        )
         .await
         .unwrap();
     let reason = split.totals.unwrap().rejected.unwrap();

@@ -27,19 +27,27 @@ struct Seen {
 pub struct RunStops<L> {
     pub ledger: L,
     seen: Mutex<HashMap<String, Seen>>,
+    /// How long a read is trusted: [`STOP_CHECK_INTERVAL`], or zero where reads are free (in memory).
+    interval: Duration,
 }
 
 impl<L: RunLedger> RunStops<L> {
     pub fn new(ledger: L) -> Self {
+        Self::with_interval(ledger, STOP_CHECK_INTERVAL)
+    }
+
+    /// Reads the ledger at most once per `interval` per run.
+    pub fn with_interval(ledger: L, interval: Duration) -> Self {
         Self {
             ledger,
             seen: Mutex::new(HashMap::new()),
+            interval,
         }
     }
 
     async fn seen(&self, run_id: &str) -> Seen {
         if let Some(seen) = self.seen.lock().await.get(run_id)
-            && seen.at.elapsed() < STOP_CHECK_INTERVAL
+            && seen.at.elapsed() < self.interval
         {
             return seen.clone();
         }

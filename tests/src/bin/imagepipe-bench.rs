@@ -331,12 +331,12 @@ async fn split(rows: u64) -> Result<(), Error> {
         },
     };
     let template = TemplateSet::builtin().get("product")?.clone();
-    let config = imagepipe::deployment::DeploymentConfig::from_texts(None, None)?;
+    let catalog = imagepipe::catalog::Catalog::builtin();
     let etag = put.e_tag().unwrap_or_default().trim_matches('"').to_owned();
     let source = S3Csv::new(store, "incoming/product/bench.csv", &etag);
     let started = Instant::now();
     let deadline = imagepipe::events::now_ms() + 900_000;
-    let outcome = splitter.split(&source, Ok("product"), None, &config, deadline).await?;
+    let outcome = splitter.split(&source, Ok(&template), None, &catalog, deadline).await?;
     let split_wall = started.elapsed().as_secs_f64();
     assert_eq!(outcome.sent, rows);
     let rss = peak_rss_kib();

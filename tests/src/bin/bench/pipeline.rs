@@ -421,10 +421,7 @@ pub async fn report(rows: u64) -> Result<(), Error> {
         invalid: rows / 100,
         ..SplitTotals::default()
     });
-    let locations = imagepipe::locations::Locations {
-        bucket: "bench".into(),
-        public_base_url: None,
-    };
+    let locations = imagepipe::locations::Locations::bucket("bench", None);
     let started = Instant::now();
     let report = imagepipe::usecase::report::write_report(&ledger, &store, &locations, &run).await?;
     let wall = started.elapsed().as_secs_f64();
