@@ -15,6 +15,9 @@ pub struct Job {
     pub row: u64,
     /// `<template>/<rendered key>`; the image is stored at `images/<key>.<ext>`.
     pub key: ObjectKey,
+    /// What the CMS knows the row's item by.
+    #[serde(default)]
+    pub cms_id: String,
     pub prompt: String,
     /// Catalog model name.
     pub model: String,
@@ -30,6 +33,7 @@ impl Job {
             run_id: run_id.to_owned(),
             row: row.row,
             key: row.key,
+            cms_id: row.cms_id,
             prompt: row.prompt,
             model: model.to_owned(),
             size,

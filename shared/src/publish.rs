@@ -126,10 +126,23 @@ fn fill(template: &str, sku: &str, image_url: &str) -> String {
         .replace("{image_url}", &escape(image_url))
 }
 
+/// `id` as one URL path segment: everything but RFC 3986's unreserved characters percent-encoded.
+fn path_segment(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for byte in id.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 impl Cms for HttpCms {
     #[tracing::instrument(skip(self, image_url))]
     async fn update_image(&self, sku: &str, image_url: &str) -> Result<(), PublishError> {
-        let url = format!("{}{}", self.base_url, self.path.replace("{sku}", sku));
+        let url = format!("{}{}", self.base_url, self.path.replace("{sku}", &path_segment(sku)));
         let response = self
             .client
             .request(self.method.clone(), &url)
@@ -206,4 +219,16 @@ async fn check(
         retryable: status.as_u16() == 429 || status.is_server_error(),
         message: format!("{service} answered HTTP {}: {}", status.as_u16(), snippet.trim()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cms_id_is_one_path_segment() {
+        assert_eq!(path_segment("SKU-1_a.b~c"), "SKU-1_a.b~c");
+        assert_eq!(path_segment("p/17 x?"), "p%2F17%20x%3F");
+        assert_eq!(path_segment("é"), "%C3%A9");
+    }
 }

@@ -27,6 +27,9 @@ pub struct ReasonCount {
 pub struct ImageEntry {
     pub row: u64,
     pub key: String,
+    /// What the CMS knows the row's item by.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cms_id: String,
     /// The image's key in the store (`images/<key>.<ext>`).
     pub object_key: String,
     /// Where the image is: a file path locally, `s3://bucket/key` on AWS.

@@ -19,6 +19,23 @@ pub const MAX_RECORD_BYTES: usize = 4 * MAX_ROW_BYTES;
 /// in a template must not turn a row into megabytes).
 pub const MAX_PROMPT_BYTES: usize = 32 * 1024;
 
+/// Longest CMS id, in bytes.
+pub const MAX_CMS_ID_BYTES: usize = 512;
+
+/// A CMS id goes into a URL path: not empty, not huge, no control characters.
+fn check_cms_id(id: &str) -> Result<(), String> {
+    if id.trim().is_empty() {
+        return Err("cms_id is empty".into());
+    }
+    if id.len() > MAX_CMS_ID_BYTES {
+        return Err(format!("cms_id is {} bytes; at most {MAX_CMS_ID_BYTES}", id.len()));
+    }
+    if id.chars().any(char::is_control) {
+        return Err("cms_id has a control character".into());
+    }
+    Ok(())
+}
+
 /// A problem with the whole file: nothing is generated.
 #[derive(Debug, thiserror::Error)]
 pub enum CsvError {
@@ -41,6 +58,8 @@ pub struct RenderedRow {
     pub row: u64,
     /// `<template>/<rendered key>`.
     pub key: ObjectKey,
+    /// What the CMS knows the row's item by.
+    pub cms_id: String,
     pub prompt: String,
     pub references: Vec<String>,
 }
@@ -188,6 +207,8 @@ impl<R: Read> RowReader<R> {
             Ok::<_, String>(v.to_owned())
         })?;
         let key = ObjectKey::parse(&format!("{}/{key}", template.name)).map_err(|e| format!("key {e}"))?;
+        let cms_id = template.cms_id.render(|p| value(p).map(str::to_owned))?;
+        check_cms_id(&cms_id)?;
         let references = match self.bound.source_image_column() {
             Some((column, index)) => parse_references(column, record.get(index).unwrap_or(""))?,
             None => Vec::new(),
@@ -195,6 +216,7 @@ impl<R: Read> RowReader<R> {
         Ok(RenderedRow {
             row: self.row,
             key,
+            cms_id,
             prompt,
             references,
         })
@@ -291,6 +313,11 @@ mod tests {
         model = "placeholder"
         key = "{sku}"
         source_image = "image_url"
+        [templates.variant]
+        prompt = "Photo: {name} in {color}"
+        model = "placeholder"
+        key = "{sku}-{color}"
+        cms_id = "{product_id}"
     "#;
 
     fn read_all(csv: &[u8], template: &str) -> Result<Vec<RowOutcome>, CsvError> {
@@ -331,6 +358,19 @@ mod tests {
         assert_eq!(again, rest);
         assert_eq!(valid(&again[0]).row, 2);
         assert_eq!(resumed.next_offset() as usize - header_end + offset, csv.len());
+    }
+
+    #[test]
+    fn the_cms_id_is_the_key_by_default_or_the_templates_own_pattern() {
+        let rows = read_all(b"sku,name,color\nA1,mug,red\n", "hero").unwrap();
+        assert_eq!(valid(&rows[0]).cms_id, "A1");
+        let csv = b"sku,name,color,product_id\nA1,mug,red,p/17 x\nA2,cup,blue,\n";
+        let rows = read_all(csv, "variant").unwrap();
+        assert_eq!(valid(&rows[0]).key.as_str(), "variant/A1-red");
+        assert_eq!(valid(&rows[0]).cms_id, "p/17 x");
+        assert_eq!(reason(&rows[1]), "column \"product_id\" is empty");
+        let error = read_all(b"sku,name,color\nA1,mug,red\n", "variant").unwrap_err();
+        assert!(error.to_string().contains("product_id"), "{error}");
     }
 
     #[test]

@@ -90,6 +90,8 @@ struct RawTemplate {
     size: String,
     key: String,
     #[serde(default)]
+    cms_id: Option<String>,
+    #[serde(default)]
     source_image: Option<String>,
     #[serde(default)]
     columns: BTreeMap<String, String>,
@@ -105,6 +107,8 @@ pub struct Template {
     pub name: String,
     pub prompt: Pattern,
     pub key: Pattern,
+    /// What the CMS knows a row's item by (`cms_id = "{id}"`); the key pattern by default.
+    pub cms_id: Pattern,
     pub model: String,
     pub size: ImageSize,
     /// CSV column holding reference image URLs (`;`-separated) for image-to-image.
@@ -195,6 +199,10 @@ impl Template {
         };
         let prompt = pattern("prompt", &raw.prompt)?;
         let key = pattern("key", &raw.key)?;
+        let cms_id = match &raw.cms_id {
+            Some(text) => pattern("cms_id", text)?,
+            None => key.clone(),
+        };
         if key.placeholders().is_empty() {
             return Err(TemplateError::ConstantKey { template: name });
         }
@@ -202,7 +210,10 @@ impl Template {
             template: name.clone(),
             size: raw.size,
         })?;
-        let used: Vec<&str> = prompt.placeholders().into_iter().chain(key.placeholders()).collect();
+        let used: Vec<&str> = (prompt.placeholders().into_iter())
+            .chain(key.placeholders())
+            .chain(cms_id.placeholders())
+            .collect();
         if let Some(unused) = raw.columns.keys().find(|p| !used.contains(&p.as_str())) {
             return Err(TemplateError::UnusedMapping {
                 template: name,
@@ -212,6 +223,7 @@ impl Template {
         Ok(Self {
             prompt,
             key,
+            cms_id,
             model: raw.model,
             size,
             source_image: raw.source_image,
@@ -249,7 +261,10 @@ impl Template {
                 })
         };
         let mut columns = BTreeMap::new();
-        for placeholder in self.prompt.placeholders().into_iter().chain(self.key.placeholders()) {
+        let placeholders = (self.prompt.placeholders().into_iter())
+            .chain(self.key.placeholders())
+            .chain(self.cms_id.placeholders());
+        for placeholder in placeholders {
             let column = self.column_for(placeholder);
             columns.insert(
                 placeholder.to_owned(),

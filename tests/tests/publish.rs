@@ -161,3 +161,35 @@ async fn cms_outages_are_retried_and_lasting_failures_are_reported_without_secre
     let stored = std::fs::read_to_string(dir.path().join(format!("out/runs/{}/report.json", report.run_id))).unwrap();
     assert!(!stored.contains(TOKEN) && !stored.contains("hook-secret"));
 }
+
+#[tokio::test]
+async fn the_cms_gets_the_templates_cms_id_not_the_image_key() {
+    let (cms, slack) = (MockServer::start().await, MockServer::start().await);
+    Mock::given(method("PATCH"))
+        .and(path("/api/products/p%2F17"))
+        .and(body_json(
+            serde_json::json!({ "image_url": "https://cdn.example.test/images/variant/A1-red.png" }),
+        ))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&cms)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("ok"))
+        .mount(&slack)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = local_run(dir.path(), &cms, &slack, ScriptedProvider::default());
+    std::fs::write(&run.csv, "sku,color,product_id\nA1,red,p/17\n").unwrap();
+    let templates = "[templates.variant]\nprompt = \"Mug in {color}\"\nmodel = \"placeholder\"\n\
+                     key = \"{sku}-{color}\"\ncms_id = \"{product_id}\"\n";
+    run.template = TemplateSet::from_toml(templates, "t.toml")
+        .unwrap()
+        .get("variant")
+        .unwrap()
+        .clone();
+
+    let report = run.run(|_, _| {}).await.unwrap();
+
+    assert_eq!((report.succeeded, report.cms_updated, report.cms_failed), (1, 1, 0));
+}

@@ -20,10 +20,10 @@ struct Run {
     claims: HashMap<&'static str, u64>,
 }
 
-/// Every run in one map behind a lock.
-#[derive(Debug, Default)]
+/// Every run in one map behind a lock; clones share it.
+#[derive(Debug, Default, Clone)]
 pub struct MemoryLedger {
-    runs: Mutex<HashMap<String, Run>>,
+    runs: std::sync::Arc<Mutex<HashMap<String, Run>>>,
 }
 
 fn action_name(action: Action) -> &'static str {

@@ -188,12 +188,12 @@ fn recorders(concurrency: usize) -> usize {
 /// The use cases of the AWS pipeline over the local adapters.
 struct Pipeline {
     store: FsObjectStore,
-    ledger: Arc<MemoryLedger>,
+    ledger: MemoryLedger,
     jobs: LocalQueue,
     events: LocalQueue,
-    splitter: Splitter<LocalQueue, LocalQueue, LocalQueue, Arc<MemoryLedger>>,
-    generator: Generator<FsObjectStore, LocalQueue, Arc<MemoryLedger>>,
-    recorder: Recorder<Arc<MemoryLedger>, FsObjectStore, HttpCms, SlackWebhook>,
+    splitter: Splitter<LocalQueue, LocalQueue, LocalQueue, MemoryLedger>,
+    generator: Generator<FsObjectStore, LocalQueue, MemoryLedger>,
+    recorder: Recorder<MemoryLedger, FsObjectStore, HttpCms, SlackWebhook>,
     /// The most a delivery may take: the provider timeout and the time to store its image.
     delivery_time: Duration,
     retry: RetryPolicy,
@@ -201,7 +201,7 @@ struct Pipeline {
 
 impl Pipeline {
     fn new(run: &LocalRun, store: FsObjectStore) -> Self {
-        let ledger = Arc::new(MemoryLedger::new());
+        let ledger = MemoryLedger::new();
         let delivery_time = run.timeout.max(MIN_CALL_TIME) + FINISH_TIME;
         // A message no one says anything of comes back after this (a worker always does).
         let visibility = delivery_time * 2;

@@ -40,6 +40,7 @@ impl Generated {
         ImageEntry {
             row: job.row,
             key: job.key.to_string(),
+            cms_id: job.cms_id.clone(),
             object_key: self.object_key,
             path,
             content_type: self.content_type,

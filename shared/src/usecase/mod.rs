@@ -1,9 +1,9 @@
 //! The use cases, written against the ports so every driver (CLI, Lambda functions) runs the same code.
 
 pub mod deliver;
-pub mod finalize;
 pub mod generate;
 pub mod lease;
+pub mod messages;
 pub mod plan;
 pub mod record;
 pub mod redrive;

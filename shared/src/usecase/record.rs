@@ -18,7 +18,7 @@ use crate::publish::{Cms, Notifier};
 use crate::report::FailureEntry;
 use crate::retry::RetryPolicy;
 use crate::store::ObjectStore;
-use crate::usecase::finalize::{completion_message, notify, sku_of, start_message};
+use crate::usecase::messages::{completion_message, notify, start_message};
 use crate::usecase::report::write_report;
 
 /// Records handled at once (CMS calls in flight).
@@ -73,10 +73,16 @@ pub struct Recorder<L, S, C, N> {
 
 /// What one delivery contributes.
 enum Step {
-    Outcome(Outcome),
+    Outcome(Box<Outcome>),
     Split,
     Nothing,
     Again,
+}
+
+impl Step {
+    fn outcome(outcome: Outcome) -> Self {
+        Self::Outcome(Box::new(outcome))
+    }
 }
 
 /// What a reconciliation did.
@@ -151,7 +157,7 @@ impl<L: RunLedger, S: ObjectStore, C: Cms, N: Notifier> Recorder<L, S, C, N> {
         let (mut outcomes, mut again, mut split) = (Vec::new(), Vec::new(), false);
         for (id, step) in steps {
             match step {
-                Step::Outcome(outcome) => outcomes.push(outcome),
+                Step::Outcome(outcome) => outcomes.push(*outcome),
                 Step::Split => split = true,
                 Step::Nothing => {}
                 Step::Again => again.push(id),
@@ -177,17 +183,21 @@ impl<L: RunLedger, S: ObjectStore, C: Cms, N: Notifier> Recorder<L, S, C, N> {
         match input {
             FinalizerInput::Event(PipelineEvent::RunSplit { .. }) => Step::Split,
             FinalizerInput::Event(PipelineEvent::JobFailed { failure, .. }) => {
-                Step::Outcome(Outcome::Failed { failure })
+                Step::outcome(Outcome::Failed { failure })
             }
             FinalizerInput::Event(PipelineEvent::JobSucceeded { image, .. }) => {
                 if recorded.contains(&image.row) {
                     return Step::Nothing;
                 }
                 let Some(cms) = &self.cms else {
-                    return Step::Outcome(Outcome::Succeeded { image, cms: None });
+                    return Step::outcome(Outcome::Succeeded { image, cms: None });
                 };
+                if image.cms_id.is_empty() {
+                    let cms = Some(Err("the job named no CMS id for this row".to_owned()));
+                    return Step::outcome(Outcome::Succeeded { image, cms });
+                }
                 let url = self.locations.image_url(&image.object_key);
-                let cms = match cms.update_image(sku_of(&image.key), &url).await {
+                let cms = match cms.update_image(&image.cms_id, &url).await {
                     Ok(()) => Ok(()),
                     Err(e) if e.retryable && receive_count < self.cms_max_attempts => {
                         tracing::warn!(error = %e, receive_count, row = image.row, "CMS update failed; retrying later");
@@ -195,9 +205,9 @@ impl<L: RunLedger, S: ObjectStore, C: Cms, N: Notifier> Recorder<L, S, C, N> {
                     }
                     Err(e) => Err(format!("{} (after {receive_count} attempts)", e.message)),
                 };
-                Step::Outcome(Outcome::Succeeded { image, cms: Some(cms) })
+                Step::outcome(Outcome::Succeeded { image, cms: Some(cms) })
             }
-            FinalizerInput::DeadJob(job) => Step::Outcome(Outcome::Failed {
+            FinalizerInput::DeadJob(job) => Step::outcome(Outcome::Failed {
                 failure: FailureEntry {
                     row: job.row,
                     key: job.key.to_string(),

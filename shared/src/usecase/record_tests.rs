@@ -88,6 +88,7 @@ fn image(row: u64) -> ImageEntry {
     ImageEntry {
         row,
         key: format!("product/SKU-{row}"),
+        cms_id: format!("SKU-{row}"),
         object_key: format!("images/product/SKU-{row}.png"),
         path: format!("s3://b/images/product/SKU-{row}.png"),
         content_type: "image/png".into(),

@@ -316,6 +316,7 @@ fn synthetic(row: u64) -> Option<Outcome> {
             image: ImageEntry {
                 row,
                 key: format!("product/SKU-{row:07}"),
+                cms_id: format!("SKU-{row:07}"),
                 object_key: format!("images/product/SKU-{row:07}.png"),
                 path: format!("s3://bench/images/product/SKU-{row:07}.png"),
                 content_type: "image/png".into(),

@@ -1,41 +1,11 @@
-//! Finalize: point the CMS at every new image (retried), then tell people how the run went.
+//! The run's messages to people: the start and completion texts, and posting them with retries.
 
-use futures::StreamExt;
-
-use crate::publish::{Cms, Notifier, PublishError};
-use crate::report::{ImageEntry, RunReport};
+use crate::publish::{Notifier, PublishError};
+use crate::report::RunReport;
 use crate::retry::RetryPolicy;
 
-/// CMS updates in flight at once.
-const CMS_CONCURRENCY: usize = 8;
 /// Failures listed in the completion message; the report has them all.
 const FAILURES_SHOWN: usize = 10;
-
-/// The SKU a CMS knows an image by: the job key without its `<template>/` prefix.
-pub fn sku_of(key: &str) -> &str {
-    key.split_once('/').map_or(key, |(_, sku)| sku)
-}
-
-/// Points the CMS at each of `images` (retried); the result of each, in the same order.
-pub async fn update_cms<C: Cms>(
-    images: &[ImageEntry],
-    cms: &C,
-    image_url: impl Fn(&ImageEntry) -> String,
-    retry: &RetryPolicy,
-) -> Vec<Result<(), String>> {
-    futures::stream::iter(images)
-        .map(|image| {
-            let url = image_url(image);
-            async move {
-                with_retry(retry, || cms.update_image(sku_of(&image.key), &url))
-                    .await
-                    .map_err(|(error, attempts)| format!("{} (after {attempts} attempts)", error.message))
-            }
-        })
-        .buffered(CMS_CONCURRENCY)
-        .collect()
-        .await
-}
 
 /// The message that announces a run.
 pub fn start_message(
@@ -105,26 +75,16 @@ pub fn completion_message(report: &RunReport, report_location: &str) -> String {
 
 /// Posts `text`, retrying when the notifier is throttled or down.
 pub async fn notify<N: Notifier>(notifier: &N, text: &str, retry: &RetryPolicy) -> Result<(), PublishError> {
-    with_retry(retry, || notifier.post(text))
-        .await
-        .map_err(|(error, _)| error)
-}
-
-async fn with_retry<F, Fut>(retry: &RetryPolicy, mut call: F) -> Result<(), (PublishError, u32)>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), PublishError>>,
-{
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match call().await {
+        match notifier.post(text).await {
             Ok(()) => return Ok(()),
             Err(error) if error.retryable && retry.allows_another(attempt) => {
                 tracing::warn!(attempt, %error, "retrying");
                 tokio::time::sleep(retry.delay(attempt, None)).await;
             }
-            Err(error) => return Err((error, attempt)),
+            Err(error) => return Err(error),
         }
     }
 }
