@@ -86,6 +86,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the image providers and the credentials each reads.
+    Providers {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a deployment's templates and models files, or push them to its bucket.
     Config {
         #[command(subcommand)]
@@ -253,6 +259,10 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 (false, RunState::Complete) => eprintln!("{run_id}: already complete"),
                 (false, _) => eprintln!("{run_id}: already stopped ({})", run.stopped.unwrap_or_default()),
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Providers { json } => {
+            output::providers(json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Models { json } => {

@@ -95,6 +95,22 @@ pub fn models(catalog: &Catalog, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub fn providers(json: bool) -> anyhow::Result<()> {
+    use imagepipe::provider::registry::PROVIDERS;
+    if json {
+        let rows: Vec<_> = (PROVIDERS.iter())
+            .map(|p| serde_json::json!({"name": p.name, "about": p.about, "credentials": p.credentials.describe()}))
+            .collect();
+        return print_json(&rows);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{:<12} {:<56} CREDENTIALS", "PROVIDER", "WHAT")?;
+    for p in &PROVIDERS {
+        writeln!(out, "{:<12} {:<56} {}", p.name, p.about, p.credentials.describe())?;
+    }
+    Ok(())
+}
+
 pub fn plan(plan: &Plan, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(plan);

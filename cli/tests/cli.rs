@@ -313,3 +313,21 @@ fn config_check_accepts_good_files_and_names_the_file_and_line_of_a_broken_one()
     assert_eq!(nowhere.status.code(), Some(2));
     assert!(stderr(&nowhere).contains("--stack"), "{}", stderr(&nowhere));
 }
+
+#[test]
+fn providers_lists_the_registry_and_the_readme_documents_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = imagepipe(&["providers", "--json"], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    assert_eq!(listed.len(), 6);
+    for provider in &listed {
+        let name = provider["name"].as_str().unwrap();
+        assert!(
+            readme.contains(&format!("| `{name}` |")),
+            "README's provider table lacks {name}"
+        );
+    }
+    assert!(listed[1]["credentials"].as_str().unwrap().contains("GEMINI_API_KEY"));
+}

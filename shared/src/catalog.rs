@@ -93,6 +93,15 @@ impl Catalog {
                 self.currency
             ));
         }
+        if let Some((model, info)) =
+            (file.models.iter()).find(|(_, m)| crate::provider::registry::entry(&m.provider).is_err())
+        {
+            return Err(format!(
+                "models file {origin}: model {model:?} names provider {:?}; known providers: {}",
+                info.provider,
+                crate::provider::registry::names().join(", ")
+            ));
+        }
         self.prices_as_of = file.prices_as_of;
         if let Some(aws) = file.aws {
             self.aws = aws;
@@ -146,6 +155,20 @@ pub struct CostLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_model_names_a_registered_provider_and_a_typo_fails_at_load() {
+        for (name, model) in &Catalog::builtin().models {
+            assert!(crate::provider::registry::entry(&model.provider).is_ok(), "{name}");
+        }
+        let text = "prices_as_of = \"2026-12-01\"\n[models.house]\nprovider = \"gemeni\"\n\
+                    provider_model = \"x\"\nprice_per_image = 0.02\n";
+        let error = Catalog::builtin().extend_from_toml(text, "models.toml").unwrap_err();
+        assert!(
+            error.contains("\"gemeni\"") && error.contains("known providers: placeholder, gemini"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn a_models_file_adds_and_replaces_models_and_names_its_line_when_broken() {

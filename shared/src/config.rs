@@ -9,13 +9,16 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Secrets that may be read from SSM / Secrets Manager through `<NAME>_PARAM`.
-pub const SECRET_VARIABLES: [&str; 5] = [
-    "CMS_TOKEN",
-    "SLACK_WEBHOOK_URL",
-    "GEMINI_API_KEY",
-    "OPENAI_API_KEY",
-    "ARK_API_KEY",
-];
+pub fn secret_variables() -> Vec<&'static str> {
+    let providers = (crate::provider::registry::PROVIDERS.iter()).filter_map(|p| match p.credentials {
+        crate::provider::registry::Credentials::ApiKey { variable, .. } => Some(variable),
+        _ => None,
+    });
+    ["CMS_TOKEN", "SLACK_WEBHOOK_URL"]
+        .into_iter()
+        .chain(providers)
+        .collect()
+}
 
 /// Every variable [`Config::from_env`] reads (besides the secrets and their `_PARAM` forms).
 pub const VARIABLES: [&str; 26] = [

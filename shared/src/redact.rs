@@ -1,7 +1,7 @@
 //! What may be shown of data and remote answers: URLs without userinfo or query (so no presigned
 //! signature or token), known secret values replaced, control characters escaped for terminals.
 
-use crate::config::{SECRET_VARIABLES, secret};
+use crate::config::{secret, secret_variables};
 
 /// What replaces a secret in any output.
 pub const REDACTED: &str = "<redacted>";
@@ -36,7 +36,7 @@ pub fn display_url(url: &str) -> String {
 /// `text` with every known secret (the API keys, CMS token and Slack webhook URL of the
 /// environment, plus `extra`) and every presigned-URL credential replaced by [`REDACTED`].
 pub fn redact(text: &str, extra: &[&str]) -> String {
-    let env_secrets: Vec<String> = SECRET_VARIABLES.iter().filter_map(|name| secret(name)).collect();
+    let env_secrets: Vec<String> = secret_variables().iter().filter_map(|name| secret(name)).collect();
     let mut out = text.to_owned();
     for value in extra.iter().copied().chain(env_secrets.iter().map(String::as_str)) {
         let value = value.trim();

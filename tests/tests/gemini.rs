@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use base64::Engine;
+use imagepipe::provider::HttpProvider;
 use imagepipe::provider::gemini::GeminiProvider;
 use imagepipe::provider::placeholder::render_png;
 use imagepipe::provider::{ImageProvider, ImageRequest, ProviderError};

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use imagepipe::net::{AllowList, FetchClient};
+use imagepipe::provider::HttpProvider;
 use imagepipe::provider::fetch::{MAX_REFERENCES_PER_ROW, MAX_ROW_REFERENCE_BYTES};
 use imagepipe::provider::gemini::GeminiProvider;
 use imagepipe::provider::http::MAX_RESPONSE_BYTES;
@@ -39,8 +40,10 @@ fn request(references: Vec<String>) -> ImageRequest {
 }
 
 fn gemini(base: &str, allow: &str) -> GeminiProvider {
-    GeminiProvider::new(http_client(Duration::from_secs(60)), base, KEY)
-        .with_fetch(FetchClient::new(AllowList::parse(allow).unwrap()))
+    GeminiProvider::from_endpoint(
+        imagepipe::provider::http::ApiEndpoint::new(http_client(Duration::from_secs(60)), base, KEY)
+            .with_fetch(FetchClient::new(AllowList::parse(allow).unwrap())),
+    )
 }
 
 /// What a raw loopback server answers every connection with.

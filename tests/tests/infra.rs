@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use imagepipe::config::{SECRET_VARIABLES, VARIABLES};
+use imagepipe::config::{VARIABLES, secret_variables};
 
 const TEMPLATE: &str = include_str!("../../infra/template.yaml");
 
@@ -31,7 +31,7 @@ fn template_variables() -> BTreeSet<String> {
 #[test]
 fn template_environment_matches_the_config_exactly() {
     let mut expected: BTreeSet<String> = VARIABLES.iter().map(|v| v.to_string()).collect();
-    expected.extend(SECRET_VARIABLES.iter().map(|s| format!("{s}_PARAM")));
+    expected.extend(secret_variables().iter().map(|s| format!("{s}_PARAM")));
     expected.insert("RUST_LOG".into());
     let found = template_variables();
     let missing: Vec<_> = expected.difference(&found).collect();
@@ -44,7 +44,7 @@ fn template_environment_matches_the_config_exactly() {
 
 #[test]
 fn secrets_are_never_plain_values_in_the_template() {
-    for secret in SECRET_VARIABLES {
+    for secret in secret_variables() {
         assert!(
             !TEMPLATE.contains(&format!("{secret}:")),
             "{secret} must be passed by name ({secret}_PARAM)"

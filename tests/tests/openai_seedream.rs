@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use imagepipe::net::{AllowList, FetchClient};
+use imagepipe::provider::HttpProvider;
 use imagepipe::provider::openai::OpenAiProvider;
 use imagepipe::provider::placeholder::render_png;
 use imagepipe::provider::seedream::SeedreamProvider;
@@ -39,11 +40,17 @@ fn loopback_fetch() -> FetchClient {
 }
 
 fn openai(server: &MockServer) -> OpenAiProvider {
-    OpenAiProvider::new(http_client(Duration::from_secs(5)), &server.uri(), "sk-test").with_fetch(loopback_fetch())
+    OpenAiProvider::from_endpoint(
+        imagepipe::provider::http::ApiEndpoint::new(http_client(Duration::from_secs(5)), &server.uri(), "sk-test")
+            .with_fetch(loopback_fetch()),
+    )
 }
 
 fn seedream(server: &MockServer) -> SeedreamProvider {
-    SeedreamProvider::new(http_client(Duration::from_secs(5)), &server.uri(), "ark-test").with_fetch(loopback_fetch())
+    SeedreamProvider::from_endpoint(
+        imagepipe::provider::http::ApiEndpoint::new(http_client(Duration::from_secs(5)), &server.uri(), "ark-test")
+            .with_fetch(loopback_fetch()),
+    )
 }
 
 async fn sent_body(server: &MockServer) -> serde_json::Value {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use crate::adapters::s3_store::error_chain;
-use crate::config::{ConfigError, SECRET_VARIABLES, install_secrets};
+use crate::config::{ConfigError, install_secrets, secret_variables};
 
 /// Reads every secret given as `<NAME>_PARAM` in the environment and makes it visible to
 /// [`crate::config::secret`].
@@ -19,7 +19,7 @@ pub async fn read_secrets(
     var: impl Fn(&str) -> Option<String>,
 ) -> Result<HashMap<String, String>, ConfigError> {
     let mut values = HashMap::new();
-    for name in SECRET_VARIABLES {
+    for name in secret_variables() {
         let Some(parameter) = var(&format!("{name}_PARAM")).filter(|p| !p.is_empty()) else {
             continue;
         };

@@ -11,6 +11,9 @@ use serde_json::Value;
 use super::{ImageProvider, ImageRequest, ProviderError, ProviderImage, Usage};
 
 /// Runs the AnyCap binary from `IMAGEPIPE_ANYCAP_BIN`, else `anycap` on `PATH`.
+/// The provider's name in the catalog and on the command line.
+pub const NAME: &str = "anycap";
+
 #[derive(Debug, Clone)]
 pub struct AnyCapProvider {
     binary: PathBuf,
@@ -29,7 +32,7 @@ impl AnyCapProvider {
 #[async_trait::async_trait]
 impl ImageProvider for AnyCapProvider {
     fn name(&self) -> &str {
-        "anycap"
+        NAME
     }
 
     #[tracing::instrument(skip_all, fields(model = %request.provider_model))]

@@ -14,6 +14,9 @@ use super::{ImageProvider, ImageRequest, ProviderError, ProviderImage, ProviderS
 use crate::template::ImageSize;
 
 /// A Bedrock Runtime client. The SDK's own retries are off: imagepipe's retry policy decides.
+/// The provider's name in the catalog and on the command line.
+pub const NAME: &str = "bedrock";
+
 #[derive(Debug, Clone)]
 pub struct BedrockProvider {
     client: Client,
@@ -82,7 +85,7 @@ fn multiple_of_16(size: ImageSize) -> ImageSize {
 #[async_trait::async_trait]
 impl ImageProvider for BedrockProvider {
     fn name(&self) -> &str {
-        "bedrock"
+        NAME
     }
 
     #[tracing::instrument(skip_all, fields(model = %request.provider_model))]

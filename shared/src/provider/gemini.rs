@@ -13,11 +13,13 @@ use serde_json::{Value, json};
 
 use super::fetch::fetch_references;
 use super::http::{ApiEndpoint, read_response, snippet};
-use super::{ImageProvider, ImageRequest, ProviderError, ProviderImage, ProviderSetupError, Usage};
+use super::{ImageProvider, ImageRequest, ProviderError, ProviderImage, Usage};
 use crate::template::ImageSize;
 
 /// The public endpoint; `IMAGEPIPE_GEMINI_BASE_URL` overrides it.
 pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
+/// The provider\'s name in the catalog and on the command line.
+pub const NAME: &str = "gemini";
 
 /// Aspect ratios the image models accept.
 const ASPECT_RATIOS: [(&str, f64); 10] = [
@@ -39,32 +41,13 @@ pub struct GeminiProvider {
     api: ApiEndpoint,
 }
 
+impl super::HttpProvider for GeminiProvider {
+    fn from_endpoint(api: ApiEndpoint) -> Self {
+        Self { api }
+    }
+}
+
 impl GeminiProvider {
-    pub fn new(client: reqwest::Client, base_url: &str, api_key: &str) -> Self {
-        Self {
-            api: ApiEndpoint::new(client, base_url, api_key),
-        }
-    }
-
-    /// Downloads (references, image URLs) through `fetch` instead of the environment's allow list.
-    pub fn with_fetch(mut self, fetch: crate::net::FetchClient) -> Self {
-        self.api.fetch = fetch;
-        self
-    }
-
-    /// From `GEMINI_API_KEY` and, optionally, `IMAGEPIPE_GEMINI_BASE_URL`.
-    pub fn from_env(client: reqwest::Client) -> Result<Self, ProviderSetupError> {
-        Ok(Self {
-            api: ApiEndpoint::from_env(
-                client,
-                "gemini",
-                "GEMINI_API_KEY",
-                "IMAGEPIPE_GEMINI_BASE_URL",
-                DEFAULT_BASE_URL,
-            )?,
-        })
-    }
-
     async fn body(&self, request: &ImageRequest) -> Result<Value, ProviderError> {
         let mut parts = vec![json!({ "text": request.prompt })];
         for (bytes, mime) in fetch_references(&self.api.fetch, &request.references, request.timeout).await? {
@@ -101,7 +84,7 @@ fn image_size(size: ImageSize) -> &'static str {
 #[async_trait::async_trait]
 impl ImageProvider for GeminiProvider {
     fn name(&self) -> &str {
-        "gemini"
+        NAME
     }
 
     #[tracing::instrument(skip_all, fields(model = %request.provider_model))]
@@ -119,7 +102,7 @@ impl ImageProvider for GeminiProvider {
             .json(&body)
             .send()
             .await;
-        parse_image(&read_response("gemini", response, self.api.api_key()).await?)
+        parse_image(&read_response(NAME, response, self.api.api_key()).await?)
     }
 }
 

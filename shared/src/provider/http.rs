@@ -190,20 +190,10 @@ impl ApiEndpoint {
         }
     }
 
-    /// The key from `key_var` (required) and the base URL from `base_var` (else `default_base`).
-    pub fn from_env(
-        client: reqwest::Client,
-        provider: &str,
-        key_var: &str,
-        base_var: &str,
-        default_base: &str,
-    ) -> Result<Self, super::ProviderSetupError> {
-        let key = super::env_key(provider, key_var)?;
-        let base = std::env::var(base_var)
-            .ok()
-            .filter(|b| !b.trim().is_empty())
-            .unwrap_or_else(|| default_base.to_owned());
-        Ok(Self::new(client, &base, &key))
+    /// Downloads (references, image URLs) through `fetch` instead of the environment's allow list.
+    pub fn with_fetch(mut self, fetch: FetchClient) -> Self {
+        self.fetch = fetch;
+        self
     }
 
     /// `base_url` + `path`.

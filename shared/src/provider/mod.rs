@@ -7,6 +7,7 @@ pub mod gemini;
 pub mod http;
 pub mod openai;
 pub mod placeholder;
+pub mod registry;
 pub mod seedream;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
@@ -178,26 +179,23 @@ pub enum ProviderSetupError {
          use --provider placeholder)"
     )]
     MissingCredentials { provider: String, variable: String },
-    #[error("unknown provider {name:?}; known providers: {}", KNOWN_PROVIDERS.join(", "))]
+    #[error("unknown provider {name:?}; known providers: {}", registry::names().join(", "))]
     Unknown { name: String },
 }
 
-/// Every provider name `--provider` accepts.
-pub const KNOWN_PROVIDERS: [&str; 6] = ["placeholder", "gemini", "openai", "seedream", "anycap", "bedrock"];
-
 /// Builds the provider called `name` from the environment.
 pub async fn from_env(name: &str) -> Result<std::sync::Arc<dyn ImageProvider>, ProviderSetupError> {
-    // Per-request timeouts are set on each call; this is only the outer bound.
-    let client = || crate::publish::http_client(std::time::Duration::from_secs(900));
-    Ok(match name {
-        "placeholder" => std::sync::Arc::new(placeholder::PlaceholderProvider),
-        "gemini" => std::sync::Arc::new(gemini::GeminiProvider::from_env(client())?),
-        "openai" => std::sync::Arc::new(openai::OpenAiProvider::from_env(client())?),
-        "seedream" => std::sync::Arc::new(seedream::SeedreamProvider::from_env(client())?),
-        "anycap" => std::sync::Arc::new(anycap::AnyCapProvider::from_env()),
-        "bedrock" => std::sync::Arc::new(bedrock::BedrockProvider::from_env().await?),
-        other => return Err(ProviderSetupError::Unknown { name: other.to_owned() }),
-    })
+    registry::entry(name)?.build().await
+}
+
+/// A provider spoken to over HTTP with an API key, built from its endpoint.
+pub trait HttpProvider: Sized {
+    fn from_endpoint(api: http::ApiEndpoint) -> Self;
+
+    /// The provider at `base_url` with `api_key`.
+    fn new(client: reqwest::Client, base_url: &str, api_key: &str) -> Self {
+        Self::from_endpoint(http::ApiEndpoint::new(client, base_url, api_key))
+    }
 }
 
 /// A required, non-empty API key from `variable`.

@@ -8,11 +8,13 @@ use serde_json::json;
 
 use super::fetch::fetch_references;
 use super::http::{ApiEndpoint, first_data_image, read_response};
-use super::{ImageProvider, ImageRequest, ProviderError, ProviderImage, ProviderSetupError, Usage};
+use super::{ImageProvider, ImageRequest, ProviderError, ProviderImage, Usage};
 use crate::template::ImageSize;
 
 /// The public endpoint; `IMAGEPIPE_OPENAI_BASE_URL` overrides it.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com";
+/// The provider\'s name in the catalog and on the command line.
+pub const NAME: &str = "openai";
 
 /// An OpenAI Images client.
 #[derive(Debug, Clone)]
@@ -20,30 +22,9 @@ pub struct OpenAiProvider {
     api: ApiEndpoint,
 }
 
-impl OpenAiProvider {
-    pub fn new(client: reqwest::Client, base_url: &str, api_key: &str) -> Self {
-        Self {
-            api: ApiEndpoint::new(client, base_url, api_key),
-        }
-    }
-
-    /// Downloads (references, image URLs) through `fetch` instead of the environment's allow list.
-    pub fn with_fetch(mut self, fetch: crate::net::FetchClient) -> Self {
-        self.api.fetch = fetch;
-        self
-    }
-
-    /// From `OPENAI_API_KEY` and, optionally, `IMAGEPIPE_OPENAI_BASE_URL`.
-    pub fn from_env(client: reqwest::Client) -> Result<Self, ProviderSetupError> {
-        Ok(Self {
-            api: ApiEndpoint::from_env(
-                client,
-                "openai",
-                "OPENAI_API_KEY",
-                "IMAGEPIPE_OPENAI_BASE_URL",
-                DEFAULT_BASE_URL,
-            )?,
-        })
+impl super::HttpProvider for OpenAiProvider {
+    fn from_endpoint(api: ApiEndpoint) -> Self {
+        Self { api }
     }
 }
 
@@ -59,8 +40,8 @@ impl OpenAiProvider {
             .timeout(request.timeout)
             .send()
             .await;
-        let text = read_response("openai", response, self.api.api_key()).await?;
-        let bytes = first_data_image(&self.api.fetch, "openai", &text, request.timeout).await?;
+        let text = read_response(NAME, response, self.api.api_key()).await?;
+        let bytes = first_data_image(&self.api.fetch, NAME, &text, request.timeout).await?;
         let usage: Option<serde_json::Value> = serde_json::from_str(&text).ok();
         let tokens = |field: &str| usage.as_ref()?.pointer(&format!("/usage/{field}"))?.as_u64();
         Ok(ProviderImage {
@@ -117,7 +98,7 @@ pub fn openai_size(size: ImageSize) -> &'static str {
 #[async_trait::async_trait]
 impl ImageProvider for OpenAiProvider {
     fn name(&self) -> &str {
-        "openai"
+        NAME
     }
 
     #[tracing::instrument(skip_all, fields(model = %request.provider_model))]

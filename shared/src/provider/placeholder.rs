@@ -6,13 +6,16 @@ use sha2::{Digest, Sha256};
 use super::{ImageProvider, ImageRequest, ProviderError, ProviderImage};
 
 /// Renders a banded PNG whose colours are derived from the prompt and seed.
+/// The provider's name in the catalog and on the command line.
+pub const NAME: &str = "placeholder";
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PlaceholderProvider;
 
 #[async_trait::async_trait]
 impl ImageProvider for PlaceholderProvider {
     fn name(&self) -> &str {
-        "placeholder"
+        NAME
     }
 
     async fn generate(&self, request: &ImageRequest) -> Result<ProviderImage, ProviderError> {

@@ -7,10 +7,12 @@
 use serde_json::json;
 
 use super::http::{ApiEndpoint, first_data_image, read_response};
-use super::{ImageProvider, ImageRequest, ProviderError, ProviderImage, ProviderSetupError};
+use super::{ImageProvider, ImageRequest, ProviderError, ProviderImage};
 
 /// The public endpoint; `IMAGEPIPE_ARK_BASE_URL` overrides it.
 pub const DEFAULT_BASE_URL: &str = "https://ark.ap-southeast.bytepluses.com";
+/// The provider\'s name in the catalog and on the command line.
+pub const NAME: &str = "seedream";
 
 /// A ModelArk client.
 #[derive(Debug, Clone)]
@@ -18,37 +20,16 @@ pub struct SeedreamProvider {
     api: ApiEndpoint,
 }
 
-impl SeedreamProvider {
-    pub fn new(client: reqwest::Client, base_url: &str, api_key: &str) -> Self {
-        Self {
-            api: ApiEndpoint::new(client, base_url, api_key),
-        }
-    }
-
-    /// Downloads (references, image URLs) through `fetch` instead of the environment's allow list.
-    pub fn with_fetch(mut self, fetch: crate::net::FetchClient) -> Self {
-        self.api.fetch = fetch;
-        self
-    }
-
-    /// From `ARK_API_KEY` and, optionally, `IMAGEPIPE_ARK_BASE_URL`.
-    pub fn from_env(client: reqwest::Client) -> Result<Self, ProviderSetupError> {
-        Ok(Self {
-            api: ApiEndpoint::from_env(
-                client,
-                "seedream",
-                "ARK_API_KEY",
-                "IMAGEPIPE_ARK_BASE_URL",
-                DEFAULT_BASE_URL,
-            )?,
-        })
+impl super::HttpProvider for SeedreamProvider {
+    fn from_endpoint(api: ApiEndpoint) -> Self {
+        Self { api }
     }
 }
 
 #[async_trait::async_trait]
 impl ImageProvider for SeedreamProvider {
     fn name(&self) -> &str {
-        "seedream"
+        NAME
     }
 
     #[tracing::instrument(skip_all, fields(model = %request.provider_model))]
@@ -87,8 +68,8 @@ impl ImageProvider for SeedreamProvider {
             .json(&body)
             .send()
             .await;
-        let text = read_response("seedream", response, self.api.api_key()).await?;
-        let bytes = first_data_image(&self.api.fetch, "seedream", &text, request.timeout).await?;
+        let text = read_response(NAME, response, self.api.api_key()).await?;
+        let bytes = first_data_image(&self.api.fetch, NAME, &text, request.timeout).await?;
         Ok(ProviderImage {
             bytes,
             reported_cost_usd: None,

@@ -22,6 +22,7 @@ use imagepipe::adapters::sqs_queue::SqsQueue;
 use imagepipe::catalog::Catalog;
 use imagepipe::lambda::AwsClients;
 use imagepipe::local::{LocalRun, Publishing};
+use imagepipe::provider::HttpProvider;
 use imagepipe::provider::gemini::GeminiProvider;
 use imagepipe::provider::{ImageProvider, ImageRequest};
 use imagepipe::publish::http_client;
