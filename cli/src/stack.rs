@@ -152,8 +152,7 @@ pub fn check_config(
     let config = DeploymentConfig::from_named_texts(
         t.as_ref().map(|(n, x)| (n.as_str(), x.as_str())),
         m.as_ref().map(|(n, x)| (n.as_str(), x.as_str())),
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     for name in config.templates.names() {
         let template = config.templates.get(name)?;
         config
@@ -193,9 +192,7 @@ pub async fn submit(
     template: &str,
     model: Option<&str>,
 ) -> anyhow::Result<(String, String)> {
-    let config = DeploymentConfig::load(&stack.store())
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let config = DeploymentConfig::load(&stack.store()).await?;
     let template_model = config.templates.get(template)?.model.clone();
     let model = model.map_or(template_model, str::to_owned);
     config.catalog.model(&model)?;

@@ -67,6 +67,25 @@ pub struct UnknownModel {
     pub known: Vec<String>,
 }
 
+/// A models file cannot extend the catalog; the message names the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogError {
+    #[error("models file {file} is not valid: {message}")]
+    Invalid { file: String, message: String },
+    #[error("models file {file}: prices in {currency}, the catalog is in {catalog}")]
+    Currency {
+        file: String,
+        currency: String,
+        catalog: String,
+    },
+    #[error("models file {file}: model {model:?} names provider {provider:?}; known providers: {}", crate::provider::registry::names().join(", "))]
+    UnknownProvider {
+        file: String,
+        model: String,
+        provider: String,
+    },
+}
+
 /// The row counts the cost table is computed for.
 pub const COST_TABLE_SIZES: [u64; 4] = [100, 1_000, 10_000, 100_000];
 
@@ -85,22 +104,26 @@ struct CatalogFile {
 impl Catalog {
     /// Adds (or replaces) the models of the TOML document `text`, named `origin` in errors, which
     /// must date its prices (`prices_as_of`) and may replace the AWS prices.
-    pub fn extend_from_toml(&mut self, text: &str, origin: &str) -> Result<(), String> {
-        let file: CatalogFile = toml::from_str(text).map_err(|e| format!("models file {origin} is not valid: {e}"))?;
+    pub fn extend_from_toml(&mut self, text: &str, origin: &str) -> Result<(), CatalogError> {
+        let file: CatalogFile = toml::from_str(text).map_err(|e| CatalogError::Invalid {
+            file: origin.into(),
+            message: e.to_string(),
+        })?;
         if let Some(currency) = file.currency.filter(|c| *c != self.currency) {
-            return Err(format!(
-                "models file {origin}: prices in {currency}, the catalog is in {}",
-                self.currency
-            ));
+            return Err(CatalogError::Currency {
+                file: origin.into(),
+                currency,
+                catalog: self.currency.clone(),
+            });
         }
         if let Some((model, info)) =
             (file.models.iter()).find(|(_, m)| crate::provider::registry::entry(&m.provider).is_err())
         {
-            return Err(format!(
-                "models file {origin}: model {model:?} names provider {:?}; known providers: {}",
-                info.provider,
-                crate::provider::registry::names().join(", ")
-            ));
+            return Err(CatalogError::UnknownProvider {
+                file: origin.into(),
+                model: model.clone(),
+                provider: info.provider.clone(),
+            });
         }
         self.prices_as_of = file.prices_as_of;
         if let Some(aws) = file.aws {
@@ -163,7 +186,10 @@ mod tests {
         }
         let text = "prices_as_of = \"2026-12-01\"\n[models.house]\nprovider = \"gemeni\"\n\
                     provider_model = \"x\"\nprice_per_image = 0.02\n";
-        let error = Catalog::builtin().extend_from_toml(text, "models.toml").unwrap_err();
+        let error = Catalog::builtin()
+            .extend_from_toml(text, "models.toml")
+            .unwrap_err()
+            .to_string();
         assert!(
             error.contains("\"gemeni\"") && error.contains("known providers: placeholder, gemini"),
             "{error}"
@@ -184,7 +210,8 @@ mod tests {
                 "prices_as_of = \"x\"\n[models.bad]\nprovider = 3\n",
                 "config/models.toml",
             )
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             error.contains("config/models.toml") && error.contains("line 3"),
             "{error}"

@@ -21,14 +21,35 @@ pub struct DeploymentConfig {
     pub catalog: Catalog,
 }
 
+/// A deployment's config file cannot be used; the message names the file (and line).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("{file} is {bytes} bytes; config files are limited to {MAX_CONFIG_BYTES} bytes")]
+    TooLarge { file: String, bytes: usize },
+    #[error("{file} is not UTF-8 text")]
+    NotText { file: String },
+    #[error("{file} could not be read: {error}")]
+    Unreadable {
+        file: String,
+        error: crate::store::StoreError,
+    },
+    #[error(transparent)]
+    Templates(#[from] crate::template::TemplateError),
+    #[error(transparent)]
+    Models(#[from] crate::catalog::CatalogError),
+}
+
 impl DeploymentConfig {
     /// The built-ins extended by the bucket's files' texts; an error names the file, line and problem.
-    pub fn from_texts(templates: Option<&str>, models: Option<&str>) -> Result<Self, String> {
+    pub fn from_texts(templates: Option<&str>, models: Option<&str>) -> Result<Self, ConfigFileError> {
         Self::from_named_texts(templates.map(|t| (TEMPLATES_KEY, t)), models.map(|m| (MODELS_KEY, m)))
     }
 
     /// [`from_texts`](Self::from_texts) for files named otherwise (`(name, text)`), as errors name them.
-    pub fn from_named_texts(templates: Option<(&str, &str)>, models: Option<(&str, &str)>) -> Result<Self, String> {
+    pub fn from_named_texts(
+        templates: Option<(&str, &str)>,
+        models: Option<(&str, &str)>,
+    ) -> Result<Self, ConfigFileError> {
         let mut catalog = Catalog::builtin();
         if let Some((name, text)) = models {
             check_size(name, text)?;
@@ -37,7 +58,7 @@ impl DeploymentConfig {
         let mut set = TemplateSet::builtin();
         if let Some((name, text)) = templates {
             check_size(name, text)?;
-            set.extend(TemplateSet::from_toml(text, name).map_err(|e| e.to_string())?);
+            set.extend(TemplateSet::from_toml(text, name)?);
         }
         Ok(Self {
             templates: set,
@@ -46,14 +67,17 @@ impl DeploymentConfig {
     }
 
     /// Reads the deployment's files from `store` (absent files leave the built-ins as they are).
-    pub async fn load<S: ObjectStore>(store: &S) -> Result<Self, String> {
+    pub async fn load<S: ObjectStore>(store: &S) -> Result<Self, ConfigFileError> {
         let read = |key: &'static str| async move {
             match store.get(key).await {
                 Ok(None) => Ok(None),
                 Ok(Some(bytes)) => String::from_utf8(bytes.to_vec())
                     .map(Some)
-                    .map_err(|_| format!("{key} is not UTF-8 text")),
-                Err(e) => Err(format!("{key} could not be read: {e}")),
+                    .map_err(|_| ConfigFileError::NotText { file: key.into() }),
+                Err(error) => Err(ConfigFileError::Unreadable {
+                    file: key.into(),
+                    error,
+                }),
             }
         };
         let (templates, models) = (read(TEMPLATES_KEY).await?, read(MODELS_KEY).await?);
@@ -61,12 +85,12 @@ impl DeploymentConfig {
     }
 }
 
-fn check_size(key: &str, text: &str) -> Result<(), String> {
+fn check_size(key: &str, text: &str) -> Result<(), ConfigFileError> {
     if text.len() > MAX_CONFIG_BYTES {
-        return Err(format!(
-            "{key} is {} bytes; config files are limited to {MAX_CONFIG_BYTES} bytes",
-            text.len()
-        ));
+        return Err(ConfigFileError::TooLarge {
+            file: key.into(),
+            bytes: text.len(),
+        });
     }
     Ok(())
 }
@@ -95,9 +119,13 @@ mod tests {
 
     #[test]
     fn a_broken_file_is_named_with_its_line() {
-        let error = DeploymentConfig::from_texts(Some("[templates.x]\nprompt = \n"), None).unwrap_err();
+        let error = DeploymentConfig::from_texts(Some("[templates.x]\nprompt = \n"), None)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains(TEMPLATES_KEY) && error.contains("line 2"), "{error}");
-        let error = DeploymentConfig::from_texts(None, Some("[models.y]\n")).unwrap_err();
+        let error = DeploymentConfig::from_texts(None, Some("[models.y]\n"))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains(MODELS_KEY), "{error}");
     }
 }

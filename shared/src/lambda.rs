@@ -75,3 +75,76 @@ pub fn ledger(clients: &AwsClients, config: &crate::config::Config) -> crate::ad
 pub fn time_left(deadline_ms: u64) -> std::time::Duration {
     std::time::Duration::from_millis(deadline_ms.saturating_sub(crate::events::now_ms()))
 }
+
+/// One SQS record as a handler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub message_id: String,
+    pub receipt_handle: Option<String>,
+    /// Deliveries so far, from 1 (`ApproximateReceiveCount`).
+    pub receive_count: u32,
+    pub body: String,
+}
+
+impl Record {
+    /// The records of a batch.
+    pub fn all(event: aws_lambda_events::event::sqs::SqsEvent) -> Vec<Self> {
+        (event.records.into_iter())
+            .map(|message| Self {
+                receive_count: (message.attributes.get("ApproximateReceiveCount"))
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(1),
+                message_id: message.message_id.unwrap_or_default(),
+                receipt_handle: message.receipt_handle,
+                body: message.body.unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// The body as a `what`; a body that does not parse is logged (its start) and `None`.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self, what: &str) -> Option<T> {
+        match serde_json::from_str(&self.body) {
+            Ok(value) => Some(value),
+            Err(e) => {
+                let body: String = self.body.chars().take(500).collect();
+                tracing::error!(message_id = %self.message_id, error = %e, %body, "message does not parse as {what}");
+                None
+            }
+        }
+    }
+}
+
+/// The response naming the records to deliver again (`ReportBatchItemFailures`).
+pub fn batch_response(again: impl IntoIterator<Item = String>) -> aws_lambda_events::event::sqs::SqsBatchResponse {
+    let mut response = aws_lambda_events::event::sqs::SqsBatchResponse::default();
+    for id in again {
+        response.add_failure(id);
+    }
+    response
+}
+
+/// Runs `handle` on every record, `concurrency` at a time, each on its own: one record's failure
+/// never fails its batch-mates. The records `handle` answers `true` for are delivered again.
+pub async fn each_record<F, Fut>(
+    records: Vec<Record>,
+    concurrency: usize,
+    handle: F,
+) -> aws_lambda_events::event::sqs::SqsBatchResponse
+where
+    F: Fn(Record) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    use futures::StreamExt;
+    let again: Vec<String> = futures::stream::iter(records)
+        .map(|record| {
+            let id = record.message_id.clone();
+            let span = tracing::info_span!("record", message_id = %id);
+            let handled = tracing::Instrument::instrument(handle(record), span);
+            async move { handled.await.then_some(id) }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .filter_map(|id| async move { id })
+        .collect()
+        .await;
+    batch_response(again)
+}

@@ -152,10 +152,9 @@ impl RunRecord {
     }
 
     /// The run's template, as it was when the run started.
-    pub fn template(&self) -> Result<crate::template::Template, String> {
-        let set = crate::template::TemplateSet::from_toml(&self.template_source, "the run's templates")
-            .map_err(|e| e.to_string())?;
-        set.get(&self.template).cloned().map_err(|e| e.to_string())
+    pub fn template(&self) -> Result<crate::template::Template, crate::template::TemplateError> {
+        let set = crate::template::TemplateSet::from_toml(&self.template_source, "the run's templates")?;
+        set.get(&self.template).cloned()
     }
 
     /// Rows with a recorded outcome.

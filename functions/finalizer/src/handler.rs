@@ -9,7 +9,7 @@ use imagepipe::adapters::dynamodb_ledger::DynamoLedger;
 use imagepipe::adapters::s3_store::S3ObjectStore;
 use imagepipe::config::{Config, ConfigError, secret};
 use imagepipe::events::FinalizerInput;
-use imagepipe::lambda::{AwsClients, ledger};
+use imagepipe::lambda::{AwsClients, Record, batch_response, ledger};
 use imagepipe::publish::{HttpCms, SlackWebhook, http_client};
 use imagepipe::retry::RetryPolicy;
 use imagepipe::usecase::record::{Delivery, Recorder};
@@ -82,33 +82,21 @@ pub async fn handle(deps: &Deps, event: LambdaEvent<serde_json::Value>) -> Resul
 
 /// Handles the records of a batch; returns the ones to deliver again.
 pub async fn handle_batch(deps: &Deps, batch: SqsEvent, deadline_ms: u64) -> SqsBatchResponse {
-    let mut deliveries = Vec::new();
-    for record in batch.records {
-        let id = record.message_id.clone().unwrap_or_default();
-        let body = record.body.as_deref().unwrap_or_default();
-        let receive_count = record
-            .attributes
-            .get("ApproximateReceiveCount")
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(1);
-        match FinalizerInput::parse(body) {
-            Ok(input) => deliveries.push(Delivery {
-                id,
+    // A message that is neither an event nor a job has no row to record it against: it is logged
+    // and dropped, not retried.
+    let deliveries = (Record::all(batch).into_iter())
+        .filter_map(|record| {
+            let input = FinalizerInput::parse(&record.body)
+                .map_err(
+                    |e| tracing::error!(message_id = %record.message_id, error = %e, "not an imagepipe event; dropped"),
+                )
+                .ok()?;
+            Some(Delivery {
+                id: record.message_id,
                 input,
-                receive_count,
-            }),
-            // Neither an event nor a job: no row to record it against. Kept in the logs, not retried.
-            Err(e) => tracing::error!(
-                message_id = %id,
-                error = %e,
-                body = %body.chars().take(500).collect::<String>(),
-                "message dropped: not an imagepipe event"
-            ),
-        }
-    }
-    let mut response = SqsBatchResponse::default();
-    for id in deps.recorder.handle_batch(deliveries, deadline_ms).await {
-        response.add_failure(id);
-    }
-    response
+                receive_count: record.receive_count,
+            })
+        })
+        .collect();
+    batch_response(deps.recorder.handle_batch(deliveries, deadline_ms).await)
 }

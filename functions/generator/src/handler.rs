@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use futures::StreamExt;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use std::sync::Arc;
 
 use imagepipe::adapters::dynamodb_ledger::DynamoLedger;
@@ -13,13 +12,12 @@ use imagepipe::adapters::sqs_queue::SqsQueue;
 use imagepipe::catalog::Catalog;
 use imagepipe::config::{Config, ConfigError};
 use imagepipe::job::Job;
-use imagepipe::lambda::{AwsClients, ledger, time_left};
+use imagepipe::lambda::{AwsClients, Record, each_record, ledger, time_left};
 use imagepipe::queue::MessageQueue;
 use imagepipe::retry::RetryPolicy;
 use imagepipe::usecase::deliver::{Disposition, Generator, Providers};
 use imagepipe::usecase::stops::RunStops;
 use lambda_runtime::{Error, LambdaEvent};
-use tracing::Instrument;
 
 /// How long a presigned `s3://` reference stays valid: the provider fetches it during the call.
 const REFERENCE_URL_LIFETIME: Duration = Duration::from_secs(3600);
@@ -65,44 +63,21 @@ impl Deps {
 /// Handles a batch: every record on its own, concurrently; returns the records to deliver again.
 pub async fn handle(deps: &Deps, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, Error> {
     let deadline = event.context.deadline;
-    let records = event.payload.records;
-    let concurrency = records.len().max(1);
-    let failed: Vec<String> = futures::stream::iter(records)
-        .map(|record| async move {
-            let span = tracing::info_span!("record", message_id = record.message_id.as_deref().unwrap_or("-"));
-            let retry = handle_record(deps, &record, deadline).instrument(span).await;
-            retry.then(|| record.message_id.clone().unwrap_or_default())
-        })
-        .buffer_unordered(concurrency)
-        .filter_map(|id| async move { id })
-        .collect()
-        .await;
-    let mut response = SqsBatchResponse::default();
-    for id in failed {
-        response.add_failure(id);
-    }
-    Ok(response)
+    let records = Record::all(event.payload);
+    let concurrency = records.len();
+    Ok(each_record(records, concurrency, |record| handle_record(deps, record, deadline)).await)
 }
 
 /// Whether the record must be delivered again.
-async fn handle_record(deps: &Deps, record: &SqsMessage, deadline_ms: u64) -> bool {
-    let body = record.body.as_deref().unwrap_or_default();
-    let job: Job = match serde_json::from_str(body) {
-        Ok(job) => job,
-        Err(e) => {
-            // It fails alone; after the queue's last delivery it rests in the jobs DLQ for a person to see.
-            tracing::error!(error = %e, body = %body.chars().take(500).collect::<String>(), "job message does not parse");
-            return true;
-        }
+async fn handle_record(deps: &Deps, record: Record, deadline_ms: u64) -> bool {
+    // A job that does not parse fails alone; after the queue's last delivery it rests in the jobs
+    // DLQ for a person to see.
+    let Some(job) = record.parse::<Job>("a job") else {
+        return true;
     };
-    let receive_count = record
-        .attributes
-        .get("ApproximateReceiveCount")
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(1);
     match deps
         .generator
-        .deliver(&job, receive_count, time_left(deadline_ms))
+        .deliver(&job, record.receive_count, time_left(deadline_ms))
         .await
     {
         Disposition::Done => false,

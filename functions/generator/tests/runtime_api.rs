@@ -89,5 +89,5 @@ async fn the_generator_binary_answers_an_sqs_event_through_the_runtime_api() {
             .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
         "{logs}"
     );
-    assert!(logs.contains("job message does not parse"), "{logs}");
+    assert!(logs.contains("message does not parse as a job"), "{logs}");
 }

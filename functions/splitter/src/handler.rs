@@ -10,7 +10,7 @@ use imagepipe::adapters::s3_store::{S3Csv, S3ObjectStore};
 use imagepipe::adapters::sqs_queue::SqsQueue;
 use imagepipe::config::{Config, ConfigError};
 use imagepipe::deployment::DeploymentConfig;
-use imagepipe::lambda::{AwsClients, ledger};
+use imagepipe::lambda::{AwsClients, Record, each_record, ledger};
 use imagepipe::ledger::RunLedger;
 use imagepipe::usecase::split::{Continuation, CsvSource, Split, SplitSettings, Splitter};
 use lambda_runtime::{Error, LambdaEvent};
@@ -231,7 +231,7 @@ async fn split_one(deps: &Deps, request: Request, deadline: u64) -> Result<Outco
             let template = template_name(&request, &config).map(str::to_owned);
             (config, template)
         }
-        Err(reason) => (DeploymentConfig::from_texts(None, None)?, Err(reason)),
+        Err(reason) => (DeploymentConfig::from_texts(None, None)?, Err(reason.to_string())),
     };
     let template = template.and_then(|name| config.templates.get(&name).map_err(|e| e.to_string()));
     let split = deps
@@ -243,20 +243,19 @@ async fn split_one(deps: &Deps, request: Request, deadline: u64) -> Result<Outco
 
 /// Continues each run named by the batch; a run that could not go on comes back.
 async fn continue_runs(deps: &Deps, batch: SqsEvent, deadline: u64) -> SqsBatchResponse {
-    let mut response = SqsBatchResponse::default();
-    for record in batch.records {
-        let id = record.message_id.clone().unwrap_or_default();
-        let body = record.body.as_deref().unwrap_or_default();
-        let Ok(continuation) = serde_json::from_str::<Continuation>(body) else {
-            tracing::error!(message_id = %id, body = %body.chars().take(500).collect::<String>(), "not a continuation; dropped");
-            continue;
+    each_record(Record::all(batch), 1, |record| async move {
+        let Some(continuation) = record.parse::<Continuation>("a continuation") else {
+            return false; // dropped: nothing to continue
         };
-        if let Err(e) = continue_run(deps, &continuation, deadline).await {
-            tracing::warn!(run_id = %continuation.continue_run, error = %e, "split not continued; trying again later");
-            response.add_failure(id);
+        match continue_run(deps, &continuation, deadline).await {
+            Ok(()) => false,
+            Err(e) => {
+                tracing::warn!(run_id = %continuation.continue_run, error = %e, "split not continued; trying again later");
+                true
+            }
         }
-    }
-    response
+    })
+    .await
 }
 
 async fn continue_run(deps: &Deps, continuation: &Continuation, deadline: u64) -> Result<(), Error> {

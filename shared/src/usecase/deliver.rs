@@ -62,13 +62,13 @@ impl Providers {
         }
     }
 
-    async fn get(&self, catalog_provider: &str) -> Result<Arc<dyn ImageProvider>, String> {
+    async fn get(&self, catalog_provider: &str) -> Result<Arc<dyn ImageProvider>, provider::ProviderSetupError> {
         let name = self.route_all.as_deref().unwrap_or(catalog_provider);
         let mut built = self.built.lock().await;
         if let Some(provider) = built.get(name) {
             return Ok(provider.clone());
         }
-        let provider = provider::from_env(name).await.map_err(|e| e.to_string())?;
+        let provider = provider::from_env(name).await?;
         built.insert(name.to_owned(), provider.clone());
         Ok(provider)
     }
@@ -117,7 +117,7 @@ impl<S: ObjectStore, E: MessageQueue, L: RunLedger> Generator<S, E, L> {
                     let timeout = configured.unwrap_or(self.provider_timeout).min(budget);
                     self.generate_leased(job, &model, provider.as_ref(), timeout).await
                 }
-                Err(reason) => Err(JobError::Invalid(reason)),
+                Err(error) => Err(error),
             }
         };
         let result = match result {
@@ -209,11 +209,11 @@ impl<S: ObjectStore, E: MessageQueue, L: RunLedger> Generator<S, E, L> {
         generated.map(Some)
     }
 
-    async fn model_and_provider(&self, job: &Job) -> Result<(ModelInfo, Arc<dyn ImageProvider>), String> {
+    async fn model_and_provider(&self, job: &Job) -> Result<(ModelInfo, Arc<dyn ImageProvider>), JobError> {
         // The run's own model entry (it may come from the deployment's models file), else the built-in one.
         let model = match self.stops.model(&job.run_id).await {
             Some(model) => model,
-            None => self.catalog.model(&job.model).map_err(|e| e.to_string())?.clone(),
+            None => self.catalog.model(&job.model)?.clone(),
         };
         let provider = self.providers.get(&model.provider).await?;
         Ok((model, provider))

@@ -64,6 +64,10 @@ pub enum JobError {
     Store(#[from] StoreError),
     #[error(transparent)]
     NotAnImage(#[from] NotAnImage),
+    #[error(transparent)]
+    UnknownModel(#[from] crate::catalog::UnknownModel),
+    #[error(transparent)]
+    Setup(#[from] crate::provider::ProviderSetupError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -74,7 +78,7 @@ impl JobError {
         match self {
             Self::Provider(e) => e.is_retryable(),
             Self::Store(e) => e.is_retryable(),
-            Self::NotAnImage(_) | Self::Invalid(_) => false,
+            Self::NotAnImage(_) | Self::UnknownModel(_) | Self::Setup(_) | Self::Invalid(_) => false,
         }
     }
 

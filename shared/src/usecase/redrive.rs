@@ -65,7 +65,7 @@ pub async fn redrive<L: RunLedger, Q: MessageQueue, C: CsvSource>(
     if rows.is_empty() {
         return Ok(0);
     }
-    let template = run.template().map_err(RedriveError::Input)?;
+    let template = run.template().map_err(|e| RedriveError::Input(e.to_string()))?;
     let wanted: BTreeSet<u64> = rows.iter().copied().collect();
     let input = source.open_range(0, None).await?;
     let (file, run_id, model) = (source.name().to_owned(), run.run_id.clone(), run.model.clone());

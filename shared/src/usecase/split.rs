@@ -211,7 +211,7 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
         let run_id = run.run_id.as_str();
         let template = match rejection {
             Some(reason) => Err(reason),
-            None => run.template(),
+            None => run.template().map_err(|e| e.to_string()),
         };
         let totals = match &run.totals {
             Some(totals) => totals.clone(),
