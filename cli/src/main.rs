@@ -11,14 +11,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use imagepipe::adapters::http_publish::{HttpCms, SlackWebhook, http_client};
 use imagepipe::adapters::s3_store::LazyS3Signer;
-use imagepipe::catalog::Catalog;
-use imagepipe::ledger::RunState;
-use imagepipe::local::{CancellationToken, INTERRUPT_GRACE, LocalRun, Publishing, report_path};
-use imagepipe::provider;
-use imagepipe::publish::{HttpCms, SlackWebhook, http_client};
-use imagepipe::retry::RetryPolicy;
-use imagepipe::template::{Template, TemplateSet};
+use imagepipe::domain::catalog::Catalog;
+use imagepipe::domain::retry::RetryPolicy;
+use imagepipe::domain::template::{Template, TemplateSet};
+use imagepipe::drivers::local::{CancellationToken, INTERRUPT_GRACE, LocalRun, Publishing, report_path};
+use imagepipe::ports::ledger::RunState;
+use imagepipe::providers;
 use imagepipe::usecase::plan::plan_csv;
 
 /// Exit code: the run finished but some rows failed or were invalid.
@@ -209,7 +209,11 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             }
             eprintln!("{source}: run {run_id}");
             let report = stack::wait(&stack, &run_id, json).await?;
-            output::report(&report, Path::new(&imagepipe::locations::keys::report(&run_id)), json)?;
+            output::report(
+                &report,
+                Path::new(&imagepipe::domain::locations::keys::report(&run_id)),
+                json,
+            )?;
             Ok(exit_code(&report))
         }
         Command::Status { run_id, json, stack } => {
@@ -218,7 +222,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 Some(run_id) => vec![stack.run(run_id).await?],
                 None => {
                     let mut runs = Vec::new();
-                    for run_id in imagepipe::ledger::RunLedger::open_runs(&stack.ledger).await? {
+                    for run_id in imagepipe::ports::ledger::RunLedger::open_runs(&stack.ledger).await? {
                         runs.push(stack.run(&run_id).await?);
                     }
                     runs
@@ -245,7 +249,11 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let report = stack::wait(&stack, &run_id, json).await?;
-            output::report(&report, Path::new(&imagepipe::locations::keys::report(&run_id)), json)?;
+            output::report(
+                &report,
+                Path::new(&imagepipe::domain::locations::keys::report(&run_id)),
+                json,
+            )?;
             Ok(exit_code(&report))
         }
         Command::Cancel { run_id, stack } => {
@@ -253,7 +261,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let run = stack.run(&run_id).await?;
             let who = std::env::var("USER").unwrap_or_else(|_| "someone".into());
             let reason = format!("cancelled by {who} from the command line");
-            let stopped = imagepipe::ledger::RunLedger::stop(&stack.ledger, &run_id, &reason).await?;
+            let stopped = imagepipe::ports::ledger::RunLedger::stop(&stack.ledger, &run_id, &reason).await?;
             match (stopped, run.state) {
                 (true, _) => eprintln!("{run_id}: cancelled; generators stop starting its jobs within seconds"),
                 (false, RunState::Complete) => eprintln!("{run_id}: already complete"),
@@ -299,7 +307,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let model_name = input.model.as_deref().unwrap_or(&template.model);
             let model = catalog.model(model_name)?;
             let provider_name = provider.unwrap_or_else(|| model.provider.clone());
-            let provider = provider::from_env(&provider_name)
+            let provider = providers::from_env(&provider_name)
                 .await
                 .with_context(|| format!("model {model_name} cannot run"))?;
             let run = LocalRun {
@@ -335,7 +343,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 /// 0 when every row made its image (and the CMS took it), 1 otherwise.
-fn exit_code(report: &imagepipe::report::RunReport) -> ExitCode {
+fn exit_code(report: &imagepipe::domain::report::RunReport) -> ExitCode {
     if report.failed + report.invalid == 0 && report.cms_failed == 0 {
         ExitCode::SUCCESS
     } else {
@@ -401,7 +409,8 @@ fn publishing_from_env() -> anyhow::Result<Publishing> {
             let token = var("CMS_TOKEN").context("CMS_BASE_URL is set, so CMS_TOKEN must be too")?;
             var("IMAGEPIPE_PUBLIC_BASE_URL")
                 .context("CMS_BASE_URL is set, so IMAGEPIPE_PUBLIC_BASE_URL (where images are served) must be too")?;
-            imagepipe::publish::check_base_url(&base).map_err(|e| anyhow::anyhow!("CMS_BASE_URL {e}"))?;
+            imagepipe::adapters::http_publish::check_base_url(&base)
+                .map_err(|e| anyhow::anyhow!("CMS_BASE_URL {e}"))?;
             Some(HttpCms::new(client.clone(), &base, &token))
         }
     };

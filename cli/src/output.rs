@@ -3,8 +3,8 @@
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
-use imagepipe::catalog::Catalog;
-use imagepipe::report::RunReport;
+use imagepipe::domain::catalog::Catalog;
+use imagepipe::domain::report::RunReport;
 use imagepipe::usecase::plan::Plan;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -96,7 +96,7 @@ pub fn models(catalog: &Catalog, json: bool) -> anyhow::Result<()> {
 }
 
 pub fn providers(json: bool) -> anyhow::Result<()> {
-    use imagepipe::provider::registry::PROVIDERS;
+    use imagepipe::providers::registry::PROVIDERS;
     if json {
         let rows: Vec<_> = (PROVIDERS.iter())
             .map(|p| serde_json::json!({"name": p.name, "about": p.about, "credentials": p.credentials.describe()}))
@@ -189,7 +189,7 @@ AWS infrastructure on the serverless path (generator {} MB, batch {}, {} s per p
 /// Data (file names, keys, reasons quoting CSV values) as it may reach a terminal: control
 /// characters, ANSI escapes included, shown escaped.
 fn shown(text: &str) -> String {
-    imagepipe::redact::escape_control(text)
+    imagepipe::domain::redact::escape_control(text)
 }
 
 pub fn report(report: &RunReport, path: &Path, json: bool) -> anyhow::Result<()> {
@@ -248,8 +248,8 @@ pub fn submitted(run_id: &str, source: &str, json: bool) -> anyhow::Result<()> {
 
 /// Runs' progress, one line each, and the first failures of one run (or the ledger records as JSON).
 pub fn status(
-    runs: &[imagepipe::ledger::RunRecord],
-    failures: &[imagepipe::report::FailureEntry],
+    runs: &[imagepipe::ports::ledger::RunRecord],
+    failures: &[imagepipe::domain::report::FailureEntry],
     json: bool,
 ) -> anyhow::Result<()> {
     if json {

@@ -9,12 +9,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use imagepipe::adapters::dynamodb_ledger::DynamoLedger;
 use imagepipe::adapters::s3_store::S3ObjectStore;
-use imagepipe::deployment::{DeploymentConfig, MODELS_KEY, TEMPLATES_KEY};
-use imagepipe::events::now_ms;
-use imagepipe::lambda::AwsClients;
-use imagepipe::ledger::{RunLedger, RunRecord, RunState};
-use imagepipe::report::RunReport;
-use imagepipe::store::{NewObject, ObjectStore};
+use imagepipe::domain::deployment::{DeploymentConfig, MODELS_KEY, TEMPLATES_KEY};
+use imagepipe::domain::events::now_ms;
+use imagepipe::domain::report::RunReport;
+use imagepipe::drivers::lambda::AwsClients;
+use imagepipe::ports::ledger::{RunLedger, RunRecord, RunState};
+use imagepipe::ports::store::{NewObject, ObjectStore};
 
 /// The user metadata naming a submitted run's model (read by the splitter).
 const MODEL_METADATA: &str = "imagepipe-model";
@@ -115,7 +115,7 @@ impl Stack {
 
     /// The run's report, once written.
     pub async fn report(&self, run_id: &str) -> anyhow::Result<Option<RunReport>> {
-        let key = imagepipe::locations::keys::report(run_id);
+        let key = imagepipe::domain::locations::keys::report(run_id);
         match self.store().get(&key).await? {
             None => Ok(None),
             Some(bytes) => Ok(Some(serde_json::from_slice(&bytes).context("the run's report.json")?)),
@@ -133,11 +133,11 @@ pub fn check_config(
             let size = std::fs::metadata(p)
                 .with_context(|| format!("cannot read {}", p.display()))?
                 .len();
-            if size > imagepipe::deployment::MAX_CONFIG_BYTES as u64 {
+            if size > imagepipe::domain::deployment::MAX_CONFIG_BYTES as u64 {
                 bail!(
                     "{} is {size} bytes; config files are limited to {} bytes",
                     p.display(),
-                    imagepipe::deployment::MAX_CONFIG_BYTES
+                    imagepipe::domain::deployment::MAX_CONFIG_BYTES
                 );
             }
             std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
@@ -215,7 +215,10 @@ pub async fn submit(
         .with_context(|| format!("cannot upload to s3://{}/{key}", stack.bucket))?;
     let etag = put.e_tag().unwrap_or_default().trim_matches('"').to_owned();
     let source = format!("s3://{}/{key}", stack.bucket);
-    Ok((imagepipe::job::run_id(&[&source, &etag, template, &model]), source))
+    Ok((
+        imagepipe::domain::job::run_id(&[&source, &etag, template, &model]),
+        source,
+    ))
 }
 
 /// Sends the failed rows of `run_id` again (those worth retrying, or `all` of them); returns how
@@ -272,14 +275,14 @@ pub async fn first_failures(
     stack: &Stack,
     run_id: &str,
     n: usize,
-) -> anyhow::Result<Vec<imagepipe::report::FailureEntry>> {
+) -> anyhow::Result<Vec<imagepipe::domain::report::FailureEntry>> {
     let page = stack.ledger.outcomes(run_id, None).await?;
     Ok(page
         .items
         .into_iter()
         .filter_map(|o| match o {
-            imagepipe::events::Outcome::Failed { failure } => Some(failure),
-            imagepipe::events::Outcome::Succeeded { .. } => None,
+            imagepipe::domain::events::Outcome::Failed { failure } => Some(failure),
+            imagepipe::domain::events::Outcome::Succeeded { .. } => None,
         })
         .take(n)
         .collect())

@@ -154,7 +154,7 @@ async fn run_with_gemini_calls_the_configured_endpoint_end_to_end() {
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     let server = MockServer::start().await;
-    let png = imagepipe::provider::placeholder::render_png(32, 32, b"gemini").unwrap();
+    let png = imagepipe::providers::placeholder::render_png(32, 32, b"gemini").unwrap();
     let body = serde_json::json!({ "candidates": [{ "content": { "parts": [
         { "inlineData": { "mimeType": "image/png", "data": base64::engine::general_purpose::STANDARD.encode(&png) } }
     ]}, "finishReason": "STOP" }] });
@@ -195,7 +195,7 @@ async fn run_with_bedrock_uses_the_standard_endpoint_override_and_nova_canvas_bo
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     let server = MockServer::start().await;
-    let png = imagepipe::provider::placeholder::render_png(32, 32, b"bedrock").unwrap();
+    let png = imagepipe::providers::placeholder::render_png(32, 32, b"bedrock").unwrap();
     let ok = serde_json::json!({ "images": [base64::engine::general_purpose::STANDARD.encode(&png)], "error": null });
     Mock::given(method("POST"))
         .and(path_regex(r"^/model/amazon\.nova-canvas-v1(:|%3A)0/invoke$"))

@@ -1,34 +1,17 @@
 //! imagepipe: CSV rows in, AI-generated images out.
 //!
-//! The domain (templates, rows, keys, jobs, events, reports), the use cases (plan, generate, split,
-//! deliver, finish) written against small ports (object store, message queue, image provider, CMS,
-//! notifier), and the adapters that implement the ports. The CLI and the three Lambda functions are
-//! drivers of the same use cases.
+//! - [`domain`]: templates, rows, keys, jobs, the catalog, events and reports — plain data and rules.
+//! - [`ports`]: what the use cases need from the world: object store, queue, run ledger, CMS,
+//!   notifier, image provider.
+//! - [`usecase`]: split, deliver (generate), record (finalize), report, redrive — written against
+//!   the ports only.
+//! - [`adapters`]: the ports on AWS (S3, SQS, DynamoDB, SSM), on disk and in memory, over HTTP.
+//! - [`providers`]: the image providers and their registry.
+//! - [`drivers`]: what runs the use cases: the local run, and the Lambda functions' start-up.
 
 pub mod adapters;
-pub mod aws_cost;
-pub mod catalog;
-pub mod config;
-pub mod deployment;
-pub mod events;
-pub mod image_format;
-pub mod job;
-pub mod key;
-pub mod lambda;
-pub mod ledger;
-pub mod local;
-pub mod locations;
-pub mod net;
-pub mod pattern;
-pub mod provider;
-pub mod publish;
-pub mod queue;
-pub mod record_limit;
-pub mod redact;
-pub mod report;
-pub mod results;
-pub mod retry;
-pub mod rows;
-pub mod store;
-pub mod template;
+pub mod domain;
+pub mod drivers;
+pub mod ports;
+pub mod providers;
 pub mod usecase;

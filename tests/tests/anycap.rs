@@ -4,10 +4,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use imagepipe::provider::anycap::AnyCapProvider;
-use imagepipe::provider::placeholder::render_png;
-use imagepipe::provider::{ImageProvider, ImageRequest, ProviderError};
-use imagepipe::template::ImageSize;
+use imagepipe::domain::template::ImageSize;
+use imagepipe::providers::anycap::AnyCapProvider;
+use imagepipe::providers::placeholder::render_png;
+use imagepipe::providers::{ImageProvider, ImageRequest, ProviderError};
 
 /// Writes `anycap` into `dir`: it parses the documented flags, logs them, and answers by prompt.
 fn stand_in(dir: &Path) -> std::path::PathBuf {

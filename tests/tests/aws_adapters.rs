@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use imagepipe::adapters::s3_store::S3ObjectStore;
 use imagepipe::adapters::sqs_queue::SqsQueue;
-use imagepipe::queue::MessageQueue;
-use imagepipe::store::{NewObject, ObjectStore, PutOutcome, StoreError};
+use imagepipe::ports::queue::MessageQueue;
+use imagepipe::ports::store::{NewObject, ObjectStore, PutOutcome, StoreError};
 
 fn object(body: &str, content_type: &str) -> NewObject {
     NewObject {
@@ -155,7 +155,7 @@ async fn s3_references_are_presigned_into_urls_a_provider_can_fetch() {
         format!("s3://{}/refs/shoe.png", store.bucket()),
         "https://example.com/a.jpg".into(),
     ];
-    let signed = imagepipe::provider::sign_references(&references, Some(&signer))
+    let signed = imagepipe::providers::sign_references(&references, Some(&signer))
         .await
         .unwrap();
     assert_eq!(signed[1], "https://example.com/a.jpg");
@@ -164,15 +164,15 @@ async fn s3_references_are_presigned_into_urls_a_provider_can_fetch() {
         "{}",
         signed[0]
     );
-    let client = imagepipe::publish::http_client(Duration::from_secs(5));
+    let client = imagepipe::adapters::http_publish::http_client(Duration::from_secs(5));
     let fetched = client.get(&signed[0]).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(&fetched[..], b"reference bytes");
 
-    let unsigned = imagepipe::provider::sign_references(&references, None)
+    let unsigned = imagepipe::providers::sign_references(&references, None)
         .await
         .unwrap_err();
     assert!(unsigned.contains("s3:// references need AWS credentials"), "{unsigned}");
-    let bad = imagepipe::provider::sign_references(&["s3://bucket-only".into()], Some(&signer))
+    let bad = imagepipe::providers::sign_references(&["s3://bucket-only".into()], Some(&signer))
         .await
         .unwrap_err();
     assert!(bad.contains("is not an s3://bucket/key URI"), "{bad}");

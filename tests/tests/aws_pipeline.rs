@@ -11,16 +11,16 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use aws_sdk_sqs::types::QueueAttributeName;
-use imagepipe::config::Config;
-use imagepipe::lambda::AwsClients;
-use imagepipe::ledger::{Checkpoint, RunLedger, RunRecord, SplitTotals};
-use imagepipe::locations::Locations;
-use imagepipe::provider::ProviderError;
-use imagepipe::provider::testing::{Script, ScriptedProvider};
-use imagepipe::publish::{HttpCms, SlackWebhook, http_client};
-use imagepipe::report::RunReport;
-use imagepipe::retry::RetryPolicy;
-use imagepipe::rows::InvalidRow;
+use imagepipe::adapters::http_publish::{HttpCms, SlackWebhook, http_client};
+use imagepipe::domain::locations::Locations;
+use imagepipe::domain::report::RunReport;
+use imagepipe::domain::retry::RetryPolicy;
+use imagepipe::domain::rows::InvalidRow;
+use imagepipe::drivers::config::Config;
+use imagepipe::drivers::lambda::AwsClients;
+use imagepipe::ports::ledger::{Checkpoint, RunLedger, RunRecord, SplitTotals};
+use imagepipe::providers::ProviderError;
+use imagepipe::providers::testing::{Script, ScriptedProvider};
 use imagepipe::usecase::deliver::Providers;
 use imagepipe::usecase::record::Recorder;
 use lambda_runtime::{Context, LambdaEvent};
@@ -81,7 +81,7 @@ impl Stack {
         let client = http_client(Duration::from_secs(5));
         let finalizer = finalizer::handler::Deps {
             recorder: Recorder {
-                ledger: imagepipe::lambda::ledger(&clients, &config),
+                ledger: imagepipe::drivers::lambda::ledger(&clients, &config),
                 store: imagepipe::adapters::s3_store::S3ObjectStore::new(clients.s3.clone(), &bucket),
                 cms: Some(HttpCms::new(client.clone(), &cms.uri(), CMS_TOKEN)),
                 notifier: Some(SlackWebhook::new(
@@ -260,7 +260,7 @@ impl Stack {
 
 fn context() -> Context {
     let mut context = Context::default();
-    context.deadline = imagepipe::events::now_ms() + 120_000;
+    context.deadline = imagepipe::domain::events::now_ms() + 120_000;
     context
 }
 
@@ -595,7 +595,7 @@ async fn the_sample_finalizer_batch_records_each_outcome_once_and_completes_its_
         "product",
         "placeholder",
         "placeholder",
-        imagepipe::events::now_ms(),
+        imagepipe::domain::events::now_ms(),
     );
     ledger.create_run(&run).await.unwrap();
     let invalid = InvalidRow {

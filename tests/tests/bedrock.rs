@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use aws_sdk_bedrockruntime::config::{Credentials, Region};
-use imagepipe::provider::bedrock::BedrockProvider;
-use imagepipe::provider::{ImageProvider, ImageRequest, ProviderError};
-use imagepipe::template::ImageSize;
+use imagepipe::domain::template::ImageSize;
+use imagepipe::providers::bedrock::BedrockProvider;
+use imagepipe::providers::{ImageProvider, ImageRequest, ProviderError};
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -108,7 +108,7 @@ async fn invoke_model_errors_and_bodies_get_the_right_decision() {
 #[tokio::test]
 async fn titan_sizes_are_rounded_and_stability_gets_its_own_body() {
     let server = MockServer::start().await;
-    let png = imagepipe::provider::placeholder::render_png(8, 8, b"s").unwrap();
+    let png = imagepipe::providers::placeholder::render_png(8, 8, b"s").unwrap();
     let ok =
         serde_json::json!({ "images": [base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &png)] });
     Mock::given(method("POST"))

@@ -3,12 +3,12 @@
 use std::time::Duration;
 
 use base64::Engine;
-use imagepipe::provider::HttpProvider;
-use imagepipe::provider::gemini::GeminiProvider;
-use imagepipe::provider::placeholder::render_png;
-use imagepipe::provider::{ImageProvider, ImageRequest, ProviderError};
-use imagepipe::publish::http_client;
-use imagepipe::template::ImageSize;
+use imagepipe::adapters::http_publish::http_client;
+use imagepipe::domain::template::ImageSize;
+use imagepipe::providers::HttpProvider;
+use imagepipe::providers::gemini::GeminiProvider;
+use imagepipe::providers::placeholder::render_png;
+use imagepipe::providers::{ImageProvider, ImageRequest, ProviderError};
 use serde_json::json;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -77,7 +77,7 @@ async fn success_sends_the_documented_request_and_returns_the_inline_image() {
         (Some(8), Some(1290))
     );
     // 1,290 output tokens at nano-banana's token price is its list price per image, to the cent.
-    let cost = imagepipe::catalog::Catalog::builtin()
+    let cost = imagepipe::domain::catalog::Catalog::builtin()
         .model("nano-banana")
         .unwrap()
         .cost_of(&image.usage);

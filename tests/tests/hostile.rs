@@ -8,16 +8,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use imagepipe::net::{AllowList, FetchClient};
-use imagepipe::provider::HttpProvider;
-use imagepipe::provider::fetch::{MAX_REFERENCES_PER_ROW, MAX_ROW_REFERENCE_BYTES};
-use imagepipe::provider::gemini::GeminiProvider;
-use imagepipe::provider::http::MAX_RESPONSE_BYTES;
-use imagepipe::provider::placeholder::render_png;
-use imagepipe::provider::seedream::SeedreamProvider;
-use imagepipe::provider::{ImageProvider, ImageRequest, ProviderError};
-use imagepipe::publish::{Cms, HttpCms, Notifier, SlackWebhook, http_client};
-use imagepipe::template::ImageSize;
+use imagepipe::adapters::http_publish::{HttpCms, SlackWebhook, http_client};
+use imagepipe::adapters::net::{AllowList, FetchClient};
+use imagepipe::domain::template::ImageSize;
+use imagepipe::ports::publish::{Cms, Notifier};
+use imagepipe::providers::HttpProvider;
+use imagepipe::providers::fetch::{MAX_REFERENCES_PER_ROW, MAX_ROW_REFERENCE_BYTES};
+use imagepipe::providers::gemini::GeminiProvider;
+use imagepipe::providers::http::MAX_RESPONSE_BYTES;
+use imagepipe::providers::placeholder::render_png;
+use imagepipe::providers::seedream::SeedreamProvider;
+use imagepipe::providers::{ImageProvider, ImageRequest, ProviderError};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -41,7 +42,7 @@ fn request(references: Vec<String>) -> ImageRequest {
 
 fn gemini(base: &str, allow: &str) -> GeminiProvider {
     GeminiProvider::from_endpoint(
-        imagepipe::provider::http::ApiEndpoint::new(http_client(Duration::from_secs(60)), base, KEY)
+        imagepipe::providers::http::ApiEndpoint::new(http_client(Duration::from_secs(60)), base, KEY)
             .with_fetch(FetchClient::new(AllowList::parse(allow).unwrap())),
     )
 }
@@ -368,13 +369,13 @@ mod local {
     use std::time::Duration;
 
     use bytes::Bytes;
-    use imagepipe::catalog::Catalog;
-    use imagepipe::local::{LocalRun, Publishing, RunError};
-    use imagepipe::provider::placeholder::render_png;
-    use imagepipe::provider::testing::ScriptedProvider;
-    use imagepipe::provider::{ImageProvider, ImageRequest, ProviderError, ProviderImage};
-    use imagepipe::retry::RetryPolicy;
-    use imagepipe::template::TemplateSet;
+    use imagepipe::domain::catalog::Catalog;
+    use imagepipe::domain::retry::RetryPolicy;
+    use imagepipe::domain::template::TemplateSet;
+    use imagepipe::drivers::local::{LocalRun, Publishing, RunError};
+    use imagepipe::providers::placeholder::render_png;
+    use imagepipe::providers::testing::ScriptedProvider;
+    use imagepipe::providers::{ImageProvider, ImageRequest, ProviderError, ProviderImage};
 
     fn local_run(csv: PathBuf, out_dir: PathBuf, provider: Arc<dyn ImageProvider>) -> LocalRun {
         LocalRun {
@@ -506,7 +507,7 @@ mod local {
         assert_eq!((report.succeeded, report.reused), (2, 1));
         assert_eq!((provider.calls_for("mug"), provider.calls_for("cup")), (1, 0));
         let regenerated = std::fs::read(images.join("A1.png")).unwrap();
-        assert!(imagepipe::image_format::inspect(&regenerated).is_ok());
+        assert!(imagepipe::domain::image_format::inspect(&regenerated).is_ok());
         assert_eq!(std::fs::read(images.join("A2.png")).unwrap(), whole);
         // The report and results.csv say the broken file was replaced.
         let replaced: Vec<u64> = report
@@ -528,7 +529,7 @@ mod local {
         let dir = tempfile::tempdir().unwrap();
         let mut lying = render_png(8, 8, b"x").unwrap()[..33].to_vec();
         lying.extend_from_slice(&[0x55; 2000]);
-        let script = imagepipe::provider::testing::Script::Body(Bytes::from(lying));
+        let script = imagepipe::providers::testing::Script::Body(Bytes::from(lying));
         let provider = Arc::new(ScriptedProvider::default().on("mug", script));
 
         let report = local_run(write_csv(dir.path()), dir.path().join("out"), provider)
@@ -547,7 +548,7 @@ mod local {
     /// Answers a tiny PNG, except for prompts with `hang_on`: those cancel `interrupt` and never answer.
     struct Hanging {
         hang_on: &'static str,
-        interrupt: imagepipe::local::CancellationToken,
+        interrupt: imagepipe::drivers::local::CancellationToken,
     }
 
     #[async_trait::async_trait]
@@ -578,7 +579,7 @@ mod local {
             "sku,name,color\nA1,mug,red\nA2,cup,blue\nA3,bowl,green\n",
         )
         .unwrap();
-        let interrupt = imagepipe::local::CancellationToken::new();
+        let interrupt = imagepipe::drivers::local::CancellationToken::new();
         let provider = Arc::new(Hanging {
             hang_on: "cup",
             interrupt: interrupt.clone(),
@@ -596,7 +597,7 @@ mod local {
                 "not attempted: the run was stopped (interrupted with Ctrl-C)"
             ]
         );
-        let path = imagepipe::local::report_path(&run.out_dir, &report.run_id);
+        let path = imagepipe::drivers::local::report_path(&run.out_dir, &report.run_id);
         let stored: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
         assert_eq!(stored["stopped"], "interrupted with Ctrl-C");
     }
@@ -648,7 +649,7 @@ fn the_functions_refuse_a_cms_url_with_userinfo_at_init_without_showing_it() {
         ("IMAGEPIPE_BUCKET", "b"),
         ("CMS_BASE_URL", "https://admin:hunter2secret@cms.example.com/?token=abc"),
     ];
-    let error = imagepipe::config::Config::from_lookup(|name| {
+    let error = imagepipe::drivers::config::Config::from_lookup(|name| {
         vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string())
     })
     .unwrap_err()

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use imagepipe::config::{VARIABLES, secret_variables};
+use imagepipe::drivers::config::{VARIABLES, secret_variables};
 
 const TEMPLATE: &str = include_str!("../../infra/template.yaml");
 

@@ -6,12 +6,12 @@ mod support;
 use std::time::Duration;
 
 use imagepipe::adapters::dynamodb_ledger::DynamoLedger;
-use imagepipe::events::{Outcome, now_ms};
-use imagepipe::ledger::{Action, Checkpoint, RunLedger, RunRecord, RunState, SplitTotals};
-use imagepipe::report::FailureEntry;
-use imagepipe::rows::InvalidRow;
+use imagepipe::domain::events::{Outcome, now_ms};
+use imagepipe::domain::report::FailureEntry;
+use imagepipe::domain::rows::InvalidRow;
+use imagepipe::ports::ledger::{Action, Checkpoint, RunLedger, RunRecord, RunState, SplitTotals};
 
-async fn ledger() -> (DynamoLedger, imagepipe::lambda::AwsClients, String) {
+async fn ledger() -> (DynamoLedger, imagepipe::drivers::lambda::AwsClients, String) {
     let clients = support::clients();
     let table = support::table(&clients).await;
     let ledger = DynamoLedger::new(clients.dynamodb.clone(), &table, Duration::from_secs(86_400));

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use imagepipe::catalog::Catalog;
-use imagepipe::local::{LocalRun, Publishing, RunError, report_path};
-use imagepipe::provider::ProviderError;
-use imagepipe::provider::testing::{Script, ScriptedProvider};
-use imagepipe::report::RunReport;
-use imagepipe::retry::RetryPolicy;
-use imagepipe::template::TemplateSet;
+use imagepipe::domain::catalog::Catalog;
+use imagepipe::domain::report::RunReport;
+use imagepipe::domain::retry::RetryPolicy;
+use imagepipe::domain::template::TemplateSet;
+use imagepipe::drivers::local::{LocalRun, Publishing, RunError, report_path};
+use imagepipe::providers::ProviderError;
+use imagepipe::providers::testing::{Script, ScriptedProvider};
 
 const CSV: &str = "sku,name,color\nA1,mug,red\nA2,cup,blue\nA3,bowl,green\nA4,plate,white\n";
 
@@ -261,7 +261,7 @@ async fn a_run_of_more_rows_than_the_report_lists_counts_them_all_and_writes_a_l
     );
     assert_eq!(
         report.images.len(),
-        imagepipe::report::LISTED,
+        imagepipe::domain::report::LISTED,
         "the report lists the first 100"
     );
     assert_eq!(

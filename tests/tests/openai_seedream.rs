@@ -3,14 +3,14 @@
 use std::time::Duration;
 
 use base64::Engine;
-use imagepipe::net::{AllowList, FetchClient};
-use imagepipe::provider::HttpProvider;
-use imagepipe::provider::openai::OpenAiProvider;
-use imagepipe::provider::placeholder::render_png;
-use imagepipe::provider::seedream::SeedreamProvider;
-use imagepipe::provider::{ImageProvider, ImageRequest, ProviderError};
-use imagepipe::publish::http_client;
-use imagepipe::template::ImageSize;
+use imagepipe::adapters::http_publish::http_client;
+use imagepipe::adapters::net::{AllowList, FetchClient};
+use imagepipe::domain::template::ImageSize;
+use imagepipe::providers::HttpProvider;
+use imagepipe::providers::openai::OpenAiProvider;
+use imagepipe::providers::placeholder::render_png;
+use imagepipe::providers::seedream::SeedreamProvider;
+use imagepipe::providers::{ImageProvider, ImageRequest, ProviderError};
 use serde_json::json;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -41,14 +41,14 @@ fn loopback_fetch() -> FetchClient {
 
 fn openai(server: &MockServer) -> OpenAiProvider {
     OpenAiProvider::from_endpoint(
-        imagepipe::provider::http::ApiEndpoint::new(http_client(Duration::from_secs(5)), &server.uri(), "sk-test")
+        imagepipe::providers::http::ApiEndpoint::new(http_client(Duration::from_secs(5)), &server.uri(), "sk-test")
             .with_fetch(loopback_fetch()),
     )
 }
 
 fn seedream(server: &MockServer) -> SeedreamProvider {
     SeedreamProvider::from_endpoint(
-        imagepipe::provider::http::ApiEndpoint::new(http_client(Duration::from_secs(5)), &server.uri(), "ark-test")
+        imagepipe::providers::http::ApiEndpoint::new(http_client(Duration::from_secs(5)), &server.uri(), "ark-test")
             .with_fetch(loopback_fetch()),
     )
 }

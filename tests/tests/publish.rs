@@ -4,13 +4,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use imagepipe::catalog::Catalog;
-use imagepipe::local::{LocalRun, Publishing};
-use imagepipe::provider::ProviderError;
-use imagepipe::provider::testing::{Script, ScriptedProvider};
-use imagepipe::publish::{HttpCms, SlackWebhook, http_client};
-use imagepipe::retry::RetryPolicy;
-use imagepipe::template::TemplateSet;
+use imagepipe::adapters::http_publish::{HttpCms, SlackWebhook, http_client};
+use imagepipe::domain::catalog::Catalog;
+use imagepipe::domain::retry::RetryPolicy;
+use imagepipe::domain::template::TemplateSet;
+use imagepipe::drivers::local::{LocalRun, Publishing};
+use imagepipe::providers::ProviderError;
+use imagepipe::providers::testing::{Script, ScriptedProvider};
 use wiremock::matchers::{body_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 

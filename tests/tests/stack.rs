@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use imagepipe::report::RunReport;
+use imagepipe::domain::report::RunReport;
 use wiremock::matchers::{body_string_contains, method, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -103,7 +103,7 @@ impl Drop for LogsOnFailure {
 
 async fn gemini_stand_in() -> MockServer {
     let server = MockServer::start().await;
-    let png = imagepipe::provider::placeholder::render_png(256, 256, b"stack").unwrap();
+    let png = imagepipe::providers::placeholder::render_png(256, 256, b"stack").unwrap();
     let image = serde_json::json!({
         "candidates": [{ "content": { "parts": [{ "inlineData": {
             "mimeType": "image/png", "data": base64::engine::general_purpose::STANDARD.encode(&png) } }] },
@@ -260,7 +260,7 @@ async fn the_deployed_stack_runs_uploads_and_schedules_end_to_end() {
     let late_key = "incoming/product_hero/late.csv";
     let late_csv = "sku,name,color\nSKU-9001,Field jacket,olive\nSKU-9002,Wool beanie,rust\n";
     let late_etag = md5_of(late_csv.as_bytes());
-    let late_run = imagepipe::job::run_id(&[
+    let late_run = imagepipe::domain::job::run_id(&[
         &format!("s3://{bucket}/{late_key}"),
         &late_etag,
         "product_hero",
@@ -392,13 +392,13 @@ async fn the_deployed_stack_runs_uploads_and_schedules_end_to_end() {
         outputs_table,
         Duration::from_secs(86_400),
     );
-    let run = imagepipe::ledger::RunLedger::run(&ledger, &faulty.run_id)
+    let run = imagepipe::ports::ledger::RunLedger::run(&ledger, &faulty.run_id)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(
         (run.state, run.succeeded, run.failed, run.checkpoint.sent),
-        (imagepipe::ledger::RunState::Complete, 4, 1, 5)
+        (imagepipe::ports::ledger::RunState::Complete, 4, 1, 5)
     );
 
     let late = wait_for_report(&bucket, late_key, Duration::from_secs(300)).await;

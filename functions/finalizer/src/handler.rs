@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use imagepipe::adapters::dynamodb_ledger::DynamoLedger;
+use imagepipe::adapters::http_publish::{HttpCms, SlackWebhook, http_client};
 use imagepipe::adapters::s3_store::S3ObjectStore;
-use imagepipe::config::{Config, ConfigError, secret};
-use imagepipe::events::FinalizerInput;
-use imagepipe::lambda::{AwsClients, Record, batch_response, ledger};
-use imagepipe::publish::{HttpCms, SlackWebhook, http_client};
-use imagepipe::retry::RetryPolicy;
+use imagepipe::domain::events::FinalizerInput;
+use imagepipe::domain::retry::RetryPolicy;
+use imagepipe::drivers::config::{Config, ConfigError, secret};
+use imagepipe::drivers::lambda::{AwsClients, Record, batch_response, ledger};
 use imagepipe::usecase::record::{Delivery, Recorder};
 use lambda_runtime::{Error, LambdaEvent};
 

@@ -1,7 +1,7 @@
 //! The finalizer Lambda function: outcomes → CMS, run records, one report and Slack message per run.
 
 use finalizer::handler;
-use imagepipe::lambda::AwsClients;
+use imagepipe::drivers::lambda::AwsClients;
 use lambda_runtime::{Error, run, service_fn};
 
 #[tokio::main]

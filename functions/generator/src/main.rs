@@ -1,7 +1,7 @@
 //! The generator Lambda function: SQS batches of jobs → images in S3, outcomes to the events queue.
 
 use generator::handler;
-use imagepipe::lambda::AwsClients;
+use imagepipe::drivers::lambda::AwsClients;
 use lambda_runtime::{Error, run, service_fn};
 
 #[tokio::main]

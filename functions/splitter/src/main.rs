@@ -1,6 +1,6 @@
 //! The splitter Lambda function: an S3 upload or a schedule names a CSV; its rows become jobs.
 
-use imagepipe::lambda::AwsClients;
+use imagepipe::drivers::lambda::AwsClients;
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use splitter::handler;
 

@@ -17,11 +17,11 @@ use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, ReturnValue, TransactWriteItem, Update};
 
-use crate::events::Outcome;
-use crate::ledger::{
+use crate::domain::events::Outcome;
+use crate::domain::rows::InvalidRow;
+use crate::ports::ledger::{
     Action, Checkpoint, LedgerError, PAGE_ROWS, Page, RunLedger, RunRecord, RunState, SplitTotals, Tally,
 };
-use crate::rows::InvalidRow;
 
 /// A transaction holds at most 100 items: 99 outcomes and the run record.
 const OUTCOMES_PER_TRANSACTION: usize = 99;
@@ -220,7 +220,7 @@ impl DynamoLedger {
     async fn record_chunk(&self, run_id: &str, outcomes: &[&Outcome]) -> Result<Result<(), Vec<u64>>, LedgerError> {
         let tally = Tally::of(outcomes.iter().copied());
         let mut items = Vec::with_capacity(outcomes.len() + 1);
-        let expires = self.expires_at(crate::events::now_ms());
+        let expires = self.expires_at(crate::domain::events::now_ms());
         for outcome in outcomes {
             let mut item = self.key(run_id, &row_sk("row", outcome.row()));
             let body = serde_json::to_string(outcome).map_err(|e| LedgerError::Failed(e.to_string()))?;
@@ -248,7 +248,7 @@ impl DynamoLedger {
             .expression_attribute_values(":cu", n(tally.cms_updated))
             .expression_attribute_values(":cf", n(tally.cms_failed))
             .expression_attribute_values(":n", n(tally.succeeded + tally.failed))
-            .expression_attribute_values(":now", n(crate::events::now_ms()))
+            .expression_attribute_values(":now", n(crate::domain::events::now_ms()))
             .build()
             .map_err(|e| LedgerError::Failed(e.to_string()))?;
         items.push(TransactWriteItem::builder().update(update).build());
@@ -420,7 +420,7 @@ impl RunLedger for DynamoLedger {
         let values = HashMap::from([
             (":t".to_owned(), s(json)),
             (":a".to_owned(), n(totals.awaited)),
-            (":now".to_owned(), n(crate::events::now_ms())),
+            (":now".to_owned(), n(crate::domain::events::now_ms())),
         ]);
         self.update_run(
             run_id,
@@ -453,7 +453,7 @@ impl RunLedger for DynamoLedger {
             (":fs".to_owned(), n(from.sent)),
             (":splitting".to_owned(), s(RunState::Splitting.as_str())),
             (":running".to_owned(), s(RunState::Running.as_str())),
-            (":now".to_owned(), n(crate::events::now_ms())),
+            (":now".to_owned(), n(crate::domain::events::now_ms())),
         ]);
         if !finished {
             values.remove(":running");
@@ -465,7 +465,7 @@ impl RunLedger for DynamoLedger {
     #[tracing::instrument(skip(self, rows), fields(rows = rows.len()))]
     async fn record_invalid(&self, run_id: &str, rows: &[InvalidRow]) -> Result<(), LedgerError> {
         use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
-        let expires = self.expires_at(crate::events::now_ms());
+        let expires = self.expires_at(crate::domain::events::now_ms());
         for chunk in rows.chunks(BATCH_WRITE_LIMIT) {
             let mut requests = Vec::with_capacity(chunk.len());
             for row in chunk {
@@ -757,7 +757,7 @@ impl RunLedger for DynamoLedger {
                 .set_key(Some(self.key(run_id, "run")))
                 .update_expression(update_expression)
                 .expression_attribute_values(":minus", n(-(failed.len() as i64)))
-                .expression_attribute_values(":now", n(crate::events::now_ms()))
+                .expression_attribute_values(":now", n(crate::domain::events::now_ms()))
                 .build()
                 .map_err(|e| LedgerError::Failed(e.to_string()))?;
             items.push(TransactWriteItem::builder().update(update).build());
@@ -782,8 +782,8 @@ impl RunLedger for DynamoLedger {
         )
         .await?;
         let mut open = self.key(OPEN_RUNS, run_id);
-        open.insert("started_at".into(), n(crate::events::now_ms()));
-        open.insert("expires_at".into(), self.expires_at(crate::events::now_ms()));
+        open.insert("started_at".into(), n(crate::domain::events::now_ms()));
+        open.insert("expires_at".into(), self.expires_at(crate::domain::events::now_ms()));
         (self
             .client
             .put_item()

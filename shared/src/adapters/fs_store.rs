@@ -5,8 +5,8 @@ use std::path::{Component, Path, PathBuf};
 
 use bytes::Bytes;
 
-use crate::image_format::ImageFormat;
-use crate::store::{NewObject, ObjectStore, PutOutcome, StoreError, StoredObject, Upload, image_stem};
+use crate::domain::image_format::ImageFormat;
+use crate::ports::store::{NewObject, ObjectStore, PutOutcome, StoreError, StoredObject, Upload, image_stem};
 
 /// Objects are files below `root`; a key's `/` are directories.
 #[derive(Debug, Clone)]

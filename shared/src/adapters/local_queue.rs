@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::queue::{MessageQueue, QueueError};
+use crate::ports::queue::{MessageQueue, QueueError};
 
 /// A received message.
 #[derive(Debug, Clone, PartialEq, Eq)]

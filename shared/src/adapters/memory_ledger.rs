@@ -6,11 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::events::Outcome;
-use crate::ledger::{
+use crate::domain::events::Outcome;
+use crate::domain::rows::InvalidRow;
+use crate::ports::ledger::{
     Action, Checkpoint, LedgerError, PAGE_ROWS, Page, RunLedger, RunRecord, RunState, SplitTotals, Tally,
 };
-use crate::rows::InvalidRow;
 
 #[derive(Debug, Default)]
 struct Run {
@@ -110,7 +110,7 @@ impl RunLedger for MemoryLedger {
                 return Ok(false);
             }
             record.checkpoint = to;
-            record.updated_at_ms = crate::events::now_ms();
+            record.updated_at_ms = crate::domain::events::now_ms();
             if finished {
                 record.state = RunState::Running;
             }
@@ -137,7 +137,7 @@ impl RunLedger for MemoryLedger {
                 }
             }
             Tally::of(&new).apply(record);
-            record.updated_at_ms = crate::events::now_ms();
+            record.updated_at_ms = crate::domain::events::now_ms();
             Ok(new)
         })
     }

@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::publish::{Cms, Notifier, PublishError};
+use crate::ports::publish::{Cms, Notifier, PublishError};
 
 /// How the first calls of a fake go wrong.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

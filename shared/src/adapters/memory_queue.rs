@@ -3,7 +3,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::queue::{MessageQueue, QueueError};
+use crate::ports::queue::{MessageQueue, QueueError};
 
 /// Bodies sent, in order.
 #[derive(Debug, Default)]

@@ -7,8 +7,8 @@ use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 use tokio::io::AsyncRead;
 
-use crate::image_format::ImageFormat;
-use crate::store::{NewObject, ObjectStore, PutOutcome, StoreError, StoredObject, Upload, image_stem};
+use crate::domain::image_format::ImageFormat;
+use crate::ports::store::{NewObject, ObjectStore, PutOutcome, StoreError, StoredObject, Upload, image_stem};
 
 /// One bucket of S3 (or anything speaking its API).
 #[derive(Debug, Clone)]
@@ -332,7 +332,7 @@ impl S3Csv {
     }
 
     /// The CSV a run reads (its `s3://bucket/key` source, in the version it started from).
-    pub fn of_run(client: Client, run: &crate::ledger::RunRecord) -> Result<Self, String> {
+    pub fn of_run(client: Client, run: &crate::ports::ledger::RunRecord) -> Result<Self, String> {
         let (bucket, key) = run
             .source
             .strip_prefix("s3://")
@@ -434,18 +434,20 @@ impl LazyS3Signer {
 }
 
 #[async_trait::async_trait]
-impl crate::provider::ReferenceSigner for LazyS3Signer {
+impl crate::providers::ReferenceSigner for LazyS3Signer {
     async fn sign(&self, uri: &str) -> Result<String, String> {
         let signer = self
             .signer
-            .get_or_init(|| async { S3Signer::new(crate::lambda::AwsClients::from_env().await.s3, self.expires) })
+            .get_or_init(|| async {
+                S3Signer::new(crate::drivers::lambda::AwsClients::from_env().await.s3, self.expires)
+            })
             .await;
         signer.sign(uri).await
     }
 }
 
 #[async_trait::async_trait]
-impl crate::provider::ReferenceSigner for S3Signer {
+impl crate::providers::ReferenceSigner for S3Signer {
     async fn sign(&self, uri: &str) -> Result<String, String> {
         let (bucket, key) = uri
             .strip_prefix("s3://")

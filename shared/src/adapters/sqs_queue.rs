@@ -6,8 +6,8 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 
 use crate::adapters::s3_store::error_chain;
-use crate::queue::{MessageQueue, QueueError};
-use crate::retry::RetryPolicy;
+use crate::domain::retry::RetryPolicy;
+use crate::ports::queue::{MessageQueue, QueueError};
 
 /// SQS allows at most 12 hours of visibility timeout.
 const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);

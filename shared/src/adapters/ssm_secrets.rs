@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 
 use crate::adapters::s3_store::error_chain;
-use crate::config::{ConfigError, install_secrets, secret_variables};
+use crate::drivers::config::{ConfigError, install_secrets, secret_variables};
 
 /// Reads every secret given as `<NAME>_PARAM` in the environment and makes it visible to
-/// [`crate::config::secret`].
+/// [`crate::drivers::config::secret`].
 pub async fn load_secrets(client: &aws_sdk_ssm::Client) -> Result<(), ConfigError> {
     install_secrets(read_secrets(client, |name| std::env::var(name).ok()).await?);
     Ok(())

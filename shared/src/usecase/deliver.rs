@@ -7,17 +7,17 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
-use crate::catalog::Catalog;
-use crate::catalog::ModelInfo;
-use crate::events::PipelineEvent;
-use crate::job::Job;
-use crate::ledger::RunLedger;
-use crate::locations::Locations;
-use crate::provider::{self, ImageProvider, ReferenceSigner};
-use crate::queue::MessageQueue;
-use crate::report::FailureEntry;
-use crate::retry::RetryPolicy;
-use crate::store::ObjectStore;
+use crate::domain::catalog::Catalog;
+use crate::domain::catalog::ModelInfo;
+use crate::domain::events::PipelineEvent;
+use crate::domain::job::Job;
+use crate::domain::locations::Locations;
+use crate::domain::report::FailureEntry;
+use crate::domain::retry::RetryPolicy;
+use crate::ports::ledger::RunLedger;
+use crate::ports::queue::MessageQueue;
+use crate::ports::store::ObjectStore;
+use crate::providers::{self, ImageProvider, ReferenceSigner};
 use crate::usecase::generate::{self, Generated, JobError};
 use crate::usecase::lease::{acquire, release};
 use crate::usecase::stops::RunStops;
@@ -62,13 +62,13 @@ impl Providers {
         }
     }
 
-    async fn get(&self, catalog_provider: &str) -> Result<Arc<dyn ImageProvider>, provider::ProviderSetupError> {
+    async fn get(&self, catalog_provider: &str) -> Result<Arc<dyn ImageProvider>, providers::ProviderSetupError> {
         let name = self.route_all.as_deref().unwrap_or(catalog_provider);
         let mut built = self.built.lock().await;
         if let Some(provider) = built.get(name) {
             return Ok(provider.clone());
         }
-        let provider = provider::from_env(name).await?;
+        let provider = providers::from_env(name).await?;
         built.insert(name.to_owned(), provider.clone());
         Ok(provider)
     }

@@ -4,16 +4,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::catalog::ModelInfo;
-use crate::image_format::{self, ImageFormat, NotAnImage};
-use crate::job::Job;
-use crate::provider::http::MAX_IMAGE_BYTES;
-use crate::provider::{
+use crate::domain::catalog::ModelInfo;
+use crate::domain::image_format::{self, ImageFormat, NotAnImage};
+use crate::domain::job::Job;
+use crate::domain::report::ImageEntry;
+use crate::ports::store::{IMAGE_CACHE_CONTROL, NewObject, ObjectStore, PutOutcome, StoreError, image_key};
+use crate::providers::http::MAX_IMAGE_BYTES;
+use crate::providers::{
     ImageProvider, ImageRequest, ProviderError, ReferenceSigner, check_reference_buckets, reference_buckets_from_env,
     sign_references,
 };
-use crate::report::ImageEntry;
-use crate::store::{IMAGE_CACHE_CONTROL, NewObject, ObjectStore, PutOutcome, StoreError, image_key};
 
 /// A job's image is in the store.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,9 +65,9 @@ pub enum JobError {
     #[error(transparent)]
     NotAnImage(#[from] NotAnImage),
     #[error(transparent)]
-    UnknownModel(#[from] crate::catalog::UnknownModel),
+    UnknownModel(#[from] crate::domain::catalog::UnknownModel),
     #[error(transparent)]
-    Setup(#[from] crate::provider::ProviderSetupError),
+    Setup(#[from] crate::providers::ProviderSetupError),
     #[error("{0}")]
     Invalid(String),
 }

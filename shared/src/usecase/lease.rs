@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
-use crate::events::{get_json, json_object, now_ms};
-use crate::store::{ObjectStore, PutOutcome, StoreError};
+use crate::domain::events::{get_json, json_object, now_ms};
+use crate::ports::store::{ObjectStore, PutOutcome, StoreError};
 
 /// A held lease: the claim object to release.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,8 +1,8 @@
 //! The run's messages to people: the start and completion texts, and posting them with retries.
 
-use crate::publish::{Notifier, PublishError};
-use crate::report::RunReport;
-use crate::retry::RetryPolicy;
+use crate::domain::report::RunReport;
+use crate::domain::retry::RetryPolicy;
+use crate::ports::publish::{Notifier, PublishError};
 
 /// Failures listed in the completion message; the report has them all.
 const FAILURES_SHOWN: usize = 10;

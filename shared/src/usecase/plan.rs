@@ -4,10 +4,10 @@ use std::io::Read;
 
 use serde::Serialize;
 
-use crate::aws_cost::{AwsCost, AwsUsage, aws_cost};
-use crate::catalog::{COST_TABLE_SIZES, Catalog, CostLine, UnknownModel};
-use crate::rows::{CsvError, InvalidRow, RowOutcome, RowReader};
-use crate::template::{ImageSize, Template};
+use crate::domain::aws_cost::{AwsCost, AwsUsage, aws_cost};
+use crate::domain::catalog::{COST_TABLE_SIZES, Catalog, CostLine, UnknownModel};
+use crate::domain::rows::{CsvError, InvalidRow, RowOutcome, RowReader};
+use crate::domain::template::{ImageSize, Template};
 
 /// How many rendered prompts a plan shows.
 pub const SAMPLE_PROMPTS: usize = 3;

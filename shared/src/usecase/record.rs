@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use crate::events::{FinalizerInput, Outcome, PipelineEvent, now_ms};
-use crate::ledger::{Action, LedgerError, RunLedger, RunRecord, RunState};
-use crate::locations::Locations;
-use crate::publish::{Cms, Notifier};
-use crate::report::FailureEntry;
-use crate::retry::RetryPolicy;
-use crate::store::ObjectStore;
+use crate::domain::events::{FinalizerInput, Outcome, PipelineEvent, now_ms};
+use crate::domain::locations::Locations;
+use crate::domain::report::FailureEntry;
+use crate::domain::retry::RetryPolicy;
+use crate::ports::ledger::{Action, LedgerError, RunLedger, RunRecord, RunState};
+use crate::ports::publish::{Cms, Notifier};
+use crate::ports::store::ObjectStore;
 use crate::usecase::messages::{completion_message, notify, start_message};
 use crate::usecase::report::write_report;
 
@@ -165,7 +165,7 @@ impl<L: RunLedger, S: ObjectStore, C: Cms, N: Notifier> Recorder<L, S, C, N> {
         }
         let recorded = self.ledger.record(run_id, &outcomes).await?;
         if let Some(cap) = self.max_run_cost_usd
-            && crate::ledger::Tally::of(&recorded).spend_usd > 0.0
+            && crate::ports::ledger::Tally::of(&recorded).spend_usd > 0.0
         {
             let reason = format!("spend reached the run budget of ${cap:.2} (MAX_RUN_COST_USD)");
             if self.ledger.stop_over_budget(run_id, cap, &reason).await? {

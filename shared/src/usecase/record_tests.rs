@@ -8,9 +8,9 @@ use super::*;
 use crate::adapters::fs_store::FsObjectStore;
 use crate::adapters::memory_ledger::{FailingLedger, MemoryLedger};
 use crate::adapters::memory_publish::{MemoryCms, MemoryNotifier, Trouble};
-use crate::ledger::{Checkpoint, RunRecord, SplitTotals};
-use crate::report::{ImageEntry, RunReport};
-use crate::rows::InvalidRow;
+use crate::domain::report::{ImageEntry, RunReport};
+use crate::domain::rows::InvalidRow;
+use crate::ports::ledger::{Checkpoint, RunRecord, SplitTotals};
 
 const RUN: &str = "run-0123456789abcdef";
 
@@ -157,7 +157,7 @@ impl World {
         let body = self
             .recorder
             .store
-            .get(&crate::locations::keys::report(RUN))
+            .get(&crate::domain::locations::keys::report(RUN))
             .await
             .unwrap();
         serde_json::from_slice(&body.expect("the run has a report")).unwrap()
@@ -194,7 +194,7 @@ impl World {
         let results = self
             .recorder
             .store
-            .get(&crate::locations::keys::results(RUN))
+            .get(&crate::domain::locations::keys::results(RUN))
             .await
             .unwrap()
             .unwrap();

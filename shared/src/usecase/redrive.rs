@@ -5,13 +5,13 @@
 
 use std::collections::BTreeSet;
 
-use crate::events::Outcome;
-use crate::job::Job;
-use crate::ledger::{LedgerError, RunLedger, RunRecord};
-use crate::queue::{MessageQueue, QueueError};
-use crate::report::FailureEntry;
-use crate::rows::{RowOutcome, RowReader};
-use crate::store::StoreError;
+use crate::domain::events::Outcome;
+use crate::domain::job::Job;
+use crate::domain::report::FailureEntry;
+use crate::domain::rows::{RowOutcome, RowReader};
+use crate::ports::ledger::{LedgerError, RunLedger, RunRecord};
+use crate::ports::queue::{MessageQueue, QueueError};
+use crate::ports::store::StoreError;
 use crate::usecase::split::CsvSource;
 
 /// Failures that may succeed when tried again: transient errors that ran out of attempts, jobs

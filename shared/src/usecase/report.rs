@@ -4,13 +4,13 @@
 
 use std::collections::VecDeque;
 
-use crate::events::{Outcome, json_object, now_ms};
-use crate::ledger::{LedgerError, Page, RunLedger, RunRecord};
-use crate::locations::{Locations, keys};
-use crate::report::{ReportBuilder, RunReport};
-use crate::results::{HEADER, invalid_line, outcome_line};
-use crate::rows::InvalidRow;
-use crate::store::{ObjectStore, StoreError, Upload};
+use crate::domain::events::{Outcome, json_object, now_ms};
+use crate::domain::locations::{Locations, keys};
+use crate::domain::report::{ReportBuilder, RunReport};
+use crate::domain::results::{HEADER, invalid_line, outcome_line};
+use crate::domain::rows::InvalidRow;
+use crate::ports::ledger::{LedgerError, Page, RunLedger, RunRecord};
+use crate::ports::store::{ObjectStore, StoreError, Upload};
 
 /// `results.csv` is sent in parts of about this size (S3 multipart parts are at least 5 MiB).
 pub const PART_BYTES: usize = 8 * 1024 * 1024;

@@ -11,14 +11,14 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::catalog::Catalog;
-use crate::events::{PipelineEvent, now_ms};
-use crate::job::{Job, run_id};
-use crate::ledger::{Action, Checkpoint, LedgerError, RunLedger, RunRecord, RunState, SplitTotals};
-use crate::queue::{MessageQueue, QueueError};
-use crate::rows::{InvalidRow, RowOutcome, RowReader};
-use crate::store::StoreError;
-use crate::template::Template;
+use crate::domain::catalog::Catalog;
+use crate::domain::events::{PipelineEvent, now_ms};
+use crate::domain::job::{Job, run_id};
+use crate::domain::rows::{InvalidRow, RowOutcome, RowReader};
+use crate::domain::template::Template;
+use crate::ports::ledger::{Action, Checkpoint, LedgerError, RunLedger, RunRecord, RunState, SplitTotals};
+use crate::ports::queue::{MessageQueue, QueueError};
+use crate::ports::store::StoreError;
 
 /// Invalid rows written to the ledger per call during the first pass.
 const INVALID_PER_CALL: usize = 500;

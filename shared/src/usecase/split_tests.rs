@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use super::*;
 use crate::adapters::memory_ledger::MemoryLedger;
 use crate::adapters::memory_queue::MemoryQueue;
-use crate::deployment::DeploymentConfig;
+use crate::domain::deployment::DeploymentConfig;
 
 /// A CSV held in memory.
 struct MemoryCsv(Vec<u8>);

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-use crate::catalog::ModelInfo;
-use crate::ledger::RunLedger;
+use crate::domain::catalog::ModelInfo;
+use crate::ports::ledger::RunLedger;
 
 /// How stale a generator's view of a run's stop may be.
 pub const STOP_CHECK_INTERVAL: Duration = Duration::from_secs(5);

@@ -17,19 +17,19 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use imagepipe::adapters::fs_store::FsObjectStore;
+use imagepipe::adapters::http_publish::http_client;
 use imagepipe::adapters::s3_store::{S3Csv, S3ObjectStore};
 use imagepipe::adapters::sqs_queue::SqsQueue;
-use imagepipe::catalog::Catalog;
-use imagepipe::lambda::AwsClients;
-use imagepipe::local::{LocalRun, Publishing};
-use imagepipe::provider::HttpProvider;
-use imagepipe::provider::gemini::GeminiProvider;
-use imagepipe::provider::{ImageProvider, ImageRequest};
-use imagepipe::publish::http_client;
-use imagepipe::queue::MessageQueue;
-use imagepipe::retry::RetryPolicy;
-use imagepipe::store::{NewObject, ObjectStore};
-use imagepipe::template::TemplateSet;
+use imagepipe::domain::catalog::Catalog;
+use imagepipe::domain::retry::RetryPolicy;
+use imagepipe::domain::template::TemplateSet;
+use imagepipe::drivers::lambda::AwsClients;
+use imagepipe::drivers::local::{LocalRun, Publishing};
+use imagepipe::ports::queue::MessageQueue;
+use imagepipe::ports::store::{NewObject, ObjectStore};
+use imagepipe::providers::HttpProvider;
+use imagepipe::providers::gemini::GeminiProvider;
+use imagepipe::providers::{ImageProvider, ImageRequest};
 use imagepipe::usecase::split::{SplitSettings, Splitter};
 use serde_json::json;
 
@@ -41,7 +41,7 @@ type Error = Box<dyn std::error::Error>;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     if std::env::var_os("RUST_LOG").is_some() {
-        imagepipe::lambda::init_tracing();
+        imagepipe::drivers::lambda::init_tracing();
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let number =
@@ -83,7 +83,7 @@ fn peak_rss_kib() -> u64 {
 
 /// A Gemini `generateContent` answer with a small real PNG.
 fn gemini_answer() -> serde_json::Value {
-    let png = imagepipe::provider::placeholder::render_png(64, 64, b"bench").unwrap_or_default();
+    let png = imagepipe::providers::placeholder::render_png(64, 64, b"bench").unwrap_or_default();
     json!({
         "candidates": [{ "content": { "parts": [{ "inlineData": {
             "mimeType": "image/png", "data": base64::engine::general_purpose::STANDARD.encode(&png) } }] },
@@ -241,7 +241,7 @@ async fn generator(latency_ms: u64, concurrency: usize, rows: u64) -> Result<(),
         ("JOBS_QUEUE_URL", jobs.clone()),
         ("EVENTS_QUEUE_URL", events.clone()),
     ]);
-    let config = imagepipe::config::Config::from_lookup(|n| vars.get(n).cloned())?;
+    let config = imagepipe::drivers::config::Config::from_lookup(|n| vars.get(n).cloned())?;
     let mut deps = generator::handler::Deps::new(&clients, config)?;
     deps.generator.providers = imagepipe::usecase::deliver::Providers::with(provider()?);
     let template = TemplateSet::builtin().get("product")?.clone();
@@ -288,7 +288,7 @@ async fn poll(
             continue;
         }
         let mut context = lambda_runtime::Context::default();
-        context.deadline = imagepipe::events::now_ms() + 300_000;
+        context.deadline = imagepipe::domain::events::now_ms() + 300_000;
         let Ok(response) =
             generator::handler::handle(deps, lambda_runtime::LambdaEvent::new(event.clone(), context)).await
         else {
@@ -332,11 +332,11 @@ async fn split(rows: u64) -> Result<(), Error> {
         },
     };
     let template = TemplateSet::builtin().get("product")?.clone();
-    let catalog = imagepipe::catalog::Catalog::builtin();
+    let catalog = imagepipe::domain::catalog::Catalog::builtin();
     let etag = put.e_tag().unwrap_or_default().trim_matches('"').to_owned();
     let source = S3Csv::new(store, "incoming/product/bench.csv", &etag);
     let started = Instant::now();
-    let deadline = imagepipe::events::now_ms() + 900_000;
+    let deadline = imagepipe::domain::events::now_ms() + 900_000;
     let outcome = splitter.split(&source, Ok(&template), None, &catalog, deadline).await?;
     let split_wall = started.elapsed().as_secs_f64();
     assert_eq!(outcome.sent, rows);
@@ -400,7 +400,7 @@ async fn parts(rows: u64) -> Result<(), Error> {
 
     let (cpu, started) = (cpu_time(), Instant::now());
     for i in 0..rows {
-        imagepipe::image_format::inspect(&images[i as usize % images.len()])?;
+        imagepipe::domain::image_format::inspect(&images[i as usize % images.len()])?;
     }
     let inspect_cost = measure(cpu, started);
 

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use imagepipe::lambda::AwsClients;
+use imagepipe::drivers::lambda::AwsClients;
 
 /// The emulator's endpoint: `IMAGEPIPE_TEST_AWS_ENDPOINT`, else the one `scripts/emulator start`
 /// starts (or finds running). Fails the test loudly when it cannot.

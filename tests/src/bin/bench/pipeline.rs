@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
-use imagepipe::events::{Outcome, now_ms};
-use imagepipe::lambda::AwsClients;
-use imagepipe::ledger::{Action, Checkpoint, LedgerError, Page, RunLedger, RunRecord, RunState, SplitTotals};
-use imagepipe::report::{FailureEntry, ImageEntry};
-use imagepipe::rows::InvalidRow;
+use imagepipe::domain::events::{Outcome, now_ms};
+use imagepipe::domain::report::{FailureEntry, ImageEntry};
+use imagepipe::domain::rows::InvalidRow;
+use imagepipe::drivers::lambda::AwsClients;
+use imagepipe::ports::ledger::{Action, Checkpoint, LedgerError, Page, RunLedger, RunRecord, RunState, SplitTotals};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -158,7 +158,7 @@ pub async fn run(latency_ms: u64, concurrency: usize, rows: u64) -> Result<(), E
         ("SPLIT_QUEUE_URL", urls[2].clone()),
         ("SEND_CONCURRENCY", "8".to_owned()),
     ]);
-    let config = imagepipe::config::Config::from_lookup(|n| vars.get(n).cloned())?;
+    let config = imagepipe::drivers::config::Config::from_lookup(|n| vars.get(n).cloned())?;
     let splitter = splitter::handler::Deps::new(&functions, config.clone())?;
     let mut generator = generator::handler::Deps::new(&functions, config.clone())?;
     generator.generator.providers = imagepipe::usecase::deliver::Providers::with(provider()?);
@@ -273,9 +273,9 @@ pub async fn run(latency_ms: u64, concurrency: usize, rows: u64) -> Result<(), E
     let split_requests = split_requests.load(Ordering::Relaxed);
     let wall = started.elapsed().as_secs_f64();
     let total = requests.load(Ordering::Relaxed);
-    let ledger = imagepipe::lambda::ledger(
+    let ledger = imagepipe::drivers::lambda::ledger(
         &direct,
-        &imagepipe::config::Config::from_lookup(|n| vars.get(n).cloned())?,
+        &imagepipe::drivers::config::Config::from_lookup(|n| vars.get(n).cloned())?,
     );
     let run = ledger.run(&run_id).await?.ok_or("no run record")?;
     let last_outcome_to_report_s =
@@ -422,7 +422,7 @@ pub async fn report(rows: u64) -> Result<(), Error> {
         invalid: rows / 100,
         ..SplitTotals::default()
     });
-    let locations = imagepipe::locations::Locations::bucket("bench", None);
+    let locations = imagepipe::domain::locations::Locations::bucket("bench", None);
     let started = Instant::now();
     let report = imagepipe::usecase::report::write_report(&ledger, &store, &locations, &run).await?;
     let wall = started.elapsed().as_secs_f64();

@@ -1,0 +1,7 @@
+//! The ports: the traits the use cases are written against. Adapters implement them.
+
+pub mod ledger;
+pub mod provider;
+pub mod publish;
+pub mod queue;
+pub mod store;
