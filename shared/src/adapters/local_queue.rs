@@ -63,7 +63,10 @@ impl State {
 pub struct LocalQueue {
     name: String,
     state: Arc<Mutex<State>>,
-    changed: Arc<Notify>,
+    /// Messages arrived (one wake-up each) or their visibility changed (every receiver).
+    readable: Arc<Notify>,
+    /// Room was made: a sender may go on.
+    writable: Arc<Notify>,
     /// Messages held (visible or not) before senders wait.
     capacity: usize,
     /// How long a received message stays hidden when its receiver says nothing.
@@ -79,7 +82,8 @@ impl LocalQueue {
         Self {
             name: name.to_owned(),
             state: Arc::default(),
-            changed: Arc::default(),
+            readable: Arc::default(),
+            writable: Arc::default(),
             capacity: capacity.max(1),
             visibility_timeout,
             max_receive_count: u32::MAX,
@@ -114,7 +118,7 @@ impl LocalQueue {
     /// Up to `max` visible messages, waiting until there is one; each is hidden for the visibility timeout.
     pub async fn receive(&self, max: usize) -> Result<Vec<Received>, QueueError> {
         loop {
-            let notified = self.changed.notified();
+            let notified = self.readable.notified();
             let (received, dead, wake_at) = {
                 let mut state = self.lock()?;
                 let now = Instant::now();
@@ -148,7 +152,9 @@ impl LocalQueue {
                 (received, dead, wake_at)
             };
             if !dead.is_empty() {
-                self.changed.notify_waiters();
+                for _ in &dead {
+                    self.writable.notify_one();
+                }
                 if let Some(dead_letter) = &self.dead_letter {
                     for body in dead {
                         dead_letter.send_batch(vec![body]).await?;
@@ -180,7 +186,7 @@ impl LocalQueue {
             state.messages.remove(&id);
         }
         drop(state);
-        self.changed.notify_waiters();
+        self.writable.notify_one();
         Ok(())
     }
 
@@ -194,7 +200,7 @@ impl LocalQueue {
             ready.push_back(*id);
         }
         drop(state);
-        self.changed.notify_waiters();
+        self.readable.notify_waiters();
     }
 
     fn bad_receipt(&self, receipt_handle: &str) -> QueueError {
@@ -217,7 +223,7 @@ impl MessageQueue for LocalQueue {
     async fn send_batch(&self, bodies: Vec<String>) -> Result<(), QueueError> {
         for body in bodies {
             loop {
-                let notified = self.changed.notified();
+                let notified = self.writable.notified();
                 {
                     let mut state = self.lock()?;
                     if state.messages.len() < self.capacity {
@@ -238,7 +244,7 @@ impl MessageQueue for LocalQueue {
                 }
                 notified.await;
             }
-            self.changed.notify_waiters();
+            self.readable.notify_one();
         }
         Ok(())
     }
@@ -255,7 +261,7 @@ impl MessageQueue for LocalQueue {
             state.hidden.push(Reverse((Instant::now() + delay, id, delivery)));
         }
         drop(state);
-        self.changed.notify_waiters();
+        self.readable.notify_waiters();
         Ok(())
     }
 }

@@ -219,3 +219,7 @@ impl<S: ObjectStore, E: MessageQueue, L: RunLedger> Generator<S, E, L> {
         Ok((model, provider))
     }
 }
+
+#[cfg(test)]
+#[path = "deliver_tests.rs"]
+mod tests;

@@ -81,7 +81,7 @@ pub enum RunError {
 
 /// How long calls in flight may go on after an interrupt before they are abandoned.
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
-/// How often the run's progress is read from the ledger.
+/// How often the run's progress is read from the ledger when no outcome says to sooner.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 /// Deadline given to each local step: the process has no invocation deadline.
 const STEP_TIME: Duration = Duration::from_secs(24 * 3600);
@@ -196,6 +196,8 @@ struct Pipeline {
     recorder: Recorder<MemoryLedger, FsObjectStore, HttpCms, SlackWebhook>,
     /// The most a delivery may take: the provider timeout and the time to store its image.
     delivery_time: Duration,
+    /// Outcomes were recorded: progress (or completion) to look at.
+    recorded: tokio::sync::Notify,
     retry: RetryPolicy,
 }
 
@@ -260,6 +262,7 @@ impl Pipeline {
             jobs,
             events,
             delivery_time,
+            recorded: tokio::sync::Notify::new(),
             retry: run.retry,
         }
     }
@@ -368,6 +371,7 @@ impl Pipeline {
                 .collect();
             let deadline = now_ms() + STEP_TIME.as_millis() as u64;
             let again = self.recorder.handle_batch(deliveries, deadline).await;
+            self.recorded.notify_one();
             for message in messages {
                 let handle = &message.receipt_handle;
                 let settled = if again.contains(handle) {
@@ -415,7 +419,10 @@ impl Pipeline {
                 Some(at) if at.elapsed() >= INTERRUPT_GRACE => abandon.cancel(),
                 _ => {}
             }
-            tokio::time::sleep(PROGRESS_EVERY).await;
+            tokio::select! {
+                () = self.recorded.notified() => {}
+                () = tokio::time::sleep(PROGRESS_EVERY) => {}
+            }
         }
     }
 }
