@@ -182,14 +182,14 @@ impl<S: ObjectStore, E: MessageQueue, L: RunLedger> Generator<S, E, L> {
         provider: &dyn ImageProvider,
         timeout: Duration,
     ) -> Result<Option<Generated>, JobError> {
-        if !self.leases {
-            let signer = self.signer.as_deref();
-            return generate::generate_image(job, model, &self.store, provider, signer, timeout)
-                .await
-                .map(Some);
-        }
         if let Some(existing) = generate::existing_image(&self.store, job).await? {
             return Ok(Some(existing));
+        }
+        let signer = self.signer.as_deref();
+        if !self.leases {
+            return generate::generate_new(job, model, &self.store, provider, signer, timeout)
+                .await
+                .map(Some);
         }
         // A holder that crashed mid-call is taken over once its call must have ended.
         let prefix = format!("leases/{}/", job.key);
@@ -201,8 +201,7 @@ impl<S: ObjectStore, E: MessageQueue, L: RunLedger> Generator<S, E, L> {
         {
             return Ok(Some(existing));
         }
-        let generated =
-            generate::generate_new(job, model, &self.store, provider, self.signer.as_deref(), timeout).await;
+        let generated = generate::generate_new(job, model, &self.store, provider, signer, timeout).await;
         if generated.is_err() {
             release(&self.store, &lease).await;
         }

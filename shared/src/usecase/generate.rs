@@ -96,24 +96,9 @@ impl JobError {
     }
 }
 
-/// Makes the image for `job` unless it already exists: provider call, image check, create-if-absent write.
-#[tracing::instrument(skip_all, fields(run_id = %job.run_id, row = job.row, key = %job.key))]
-pub async fn generate_image<S: ObjectStore>(
-    job: &Job,
-    model: &ModelInfo,
-    store: &S,
-    provider: &dyn ImageProvider,
-    signer: Option<&dyn ReferenceSigner>,
-    timeout: Duration,
-) -> Result<Generated, JobError> {
-    if let Some(existing) = existing_image(store, job).await? {
-        return Ok(existing);
-    }
-    generate_new(job, model, store, provider, signer, timeout).await
-}
-
 /// Calls the provider for `job`'s image, checks it is one, and writes it create-if-absent; the
 /// caller has made sure it does not exist yet.
+#[tracing::instrument(skip_all, fields(run_id = %job.run_id, row = job.row, key = %job.key))]
 pub async fn generate_new<S: ObjectStore>(
     job: &Job,
     model: &ModelInfo,
