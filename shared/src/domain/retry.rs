@@ -3,10 +3,6 @@
 
 use std::time::Duration;
 
-/// Most a local run waits between the attempts of one row, in all: a provider answering
-/// `Retry-After: 86400` (or many long ones) cannot park a row, and its worker, for a day.
-pub const MAX_WAIT_PER_ROW: Duration = Duration::from_secs(15 * 60);
-
 /// How often and how patiently a failing job is retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
