@@ -18,7 +18,7 @@ pub const SECRET_VARIABLES: [&str; 5] = [
 ];
 
 /// Every variable [`Config::from_env`] reads (besides the secrets and their `_PARAM` forms).
-pub const VARIABLES: [&str; 26] = [
+pub const VARIABLES: [&str; 27] = [
     "IMAGEPIPE_BUCKET",
     "LEDGER_TABLE",
     "JOBS_QUEUE_URL",
@@ -40,6 +40,7 @@ pub const VARIABLES: [&str; 26] = [
     "SPLIT_ROWS_PER_INVOCATION",
     "RECONCILE_SILENCE_SECS",
     "RUN_RETENTION_DAYS",
+    "REPORT_LINK_SECS",
     // Read by the providers themselves: another API endpoint (a proxy, a region); empty for the default.
     "IMAGEPIPE_GEMINI_BASE_URL",
     "IMAGEPIPE_OPENAI_BASE_URL",
@@ -121,6 +122,8 @@ pub struct Config {
     pub reconcile_silence: Duration,
     /// Ledger items expire this long after their run started.
     pub run_retention: Duration,
+    /// How long the presigned links of a run's report (its page, images, results) stay valid.
+    pub report_link: Duration,
     /// Internal hosts and networks reference and download URLs may reach (`IMAGEPIPE_ALLOW_HOSTS`).
     pub allow_hosts: crate::net::AllowList,
 }
@@ -171,6 +174,7 @@ impl Config {
             run_retention: Duration::from_secs(
                 86_400 * parse::<u64>(&var, "RUN_RETENTION_DAYS", "whole days")?.unwrap_or(90),
             ),
+            report_link: report_link(&var)?,
             allow_hosts: crate::net::AllowList::parse(&var("IMAGEPIPE_ALLOW_HOSTS").unwrap_or_default()).map_err(
                 |_| ConfigError::Invalid {
                     name: "IMAGEPIPE_ALLOW_HOSTS",
@@ -208,6 +212,23 @@ impl Config {
             bucket: self.bucket.clone(),
             public_base_url: self.public_base_url.clone(),
         }
+    }
+}
+
+/// The longest a SigV4 presigned URL can be valid: 7 days.
+pub const MAX_LINK_SECS: u64 = 7 * 86_400;
+
+/// `REPORT_LINK_SECS`: 1 s to [`MAX_LINK_SECS`], the maximum by default.
+fn report_link(var: &impl Fn(&str) -> Option<String>) -> Result<Duration, ConfigError> {
+    let expected = "whole seconds from 1 to 604800 (7 days, the longest a presigned URL is valid)";
+    match parse::<u64>(var, "REPORT_LINK_SECS", expected)? {
+        None => Ok(Duration::from_secs(MAX_LINK_SECS)),
+        Some(secs) if (1..=MAX_LINK_SECS).contains(&secs) => Ok(Duration::from_secs(secs)),
+        Some(secs) => Err(ConfigError::Invalid {
+            name: "REPORT_LINK_SECS",
+            value: secs.to_string(),
+            expected,
+        }),
     }
 }
 

@@ -92,6 +92,10 @@ impl Stack {
                     bucket: bucket.clone(),
                     public_base_url: Some("https://cdn.example.test".into()),
                 },
+                links: Some(Arc::new(imagepipe::adapters::s3_store::S3Signer::new(
+                    clients.s3.clone(),
+                    Duration::from_secs(3600),
+                ))),
                 cms_max_attempts: 3,
                 notify_retry: RetryPolicy {
                     max_attempts: 2,
@@ -221,16 +225,20 @@ impl Stack {
     }
 
     async fn report(&self, run_id: &str) -> RunReport {
+        serde_json::from_str(&self.object(&format!("runs/{run_id}/report.json")).await).unwrap()
+    }
+
+    async fn object(&self, key: &str) -> String {
         let object = self
             .clients
             .s3
             .get_object()
             .bucket(&self.bucket)
-            .key(format!("runs/{run_id}/report.json"))
+            .key(key)
             .send()
             .await
-            .expect("the run has a report");
-        serde_json::from_slice(&object.body.collect().await.unwrap().into_bytes()).unwrap()
+            .unwrap_or_else(|e| panic!("{key} is missing: {e:?}"));
+        String::from_utf8(object.body.collect().await.unwrap().into_bytes().to_vec()).unwrap()
     }
 
     async fn images(&self) -> Vec<String> {
@@ -357,6 +365,22 @@ async fn a_clean_csv_becomes_stored_images_cms_updates_and_one_completion_messag
     assert!(texts[0].contains("started: 5 images"), "{}", texts[0]);
     assert!(texts[1].contains("5/5 succeeded, 0 failed, 0 invalid"), "{}", texts[1]);
     assert!(texts.iter().all(|t| !t.contains("secret")));
+    let page = stack.object(&format!("runs/{run_id}/report.html")).await;
+    assert_eq!(
+        page.matches("<img loading=\"lazy\" src=\"https://cdn.example.test/images/product_hero/SKU-")
+            .count(),
+        5
+    );
+    assert!(page.contains("img-src https://cdn.example.test;"), "{page}");
+    assert!(
+        page.contains(&format!("/runs/{run_id}/results.csv?")),
+        "results.csv is presigned"
+    );
+    let link = texts[1].lines().last().unwrap().strip_prefix("Report: ").unwrap();
+    assert!(
+        link.contains(&format!("/runs/{run_id}/report.html?")) && link.contains("X-Amz-Signature="),
+        "{link}"
+    );
 
     // The same S3 event again (at-least-once delivery) starts nothing new.
     let again = stack.split(event).await;

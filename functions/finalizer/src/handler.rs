@@ -2,11 +2,12 @@
 //! outcome, then per run the start and completion steps), or — on its schedule — reconciles the
 //! runs whose last events were lost.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use imagepipe::adapters::dynamodb_ledger::DynamoLedger;
-use imagepipe::adapters::s3_store::S3ObjectStore;
+use imagepipe::adapters::s3_store::{S3ObjectStore, S3Signer};
 use imagepipe::config::{Config, ConfigError, secret};
 use imagepipe::events::FinalizerInput;
 use imagepipe::lambda::{AwsClients, ledger};
@@ -44,6 +45,7 @@ impl Deps {
                 cms,
                 notifier,
                 locations: config.locations(),
+                links: Some(Arc::new(S3Signer::new(clients.s3.clone(), config.report_link))),
                 cms_max_attempts: config.cms_max_attempts,
                 notify_retry: RetryPolicy {
                     max_attempts: 3,

@@ -252,6 +252,7 @@ impl LocalRun {
         write_results(store, &results_key, &rows, invalid, &self.out_dir)
             .await
             .map_err(|e| RunError::Report(e.to_string()))?;
+        let shown = crate::report_html::Shown::of(&rows, invalid);
         for row in rows {
             match row {
                 Outcome::Succeeded { image, cms } => {
@@ -266,7 +267,17 @@ impl LocalRun {
         builder.results(&self.out_dir.join(&results_key).display().to_string());
         let report = builder.finish(started.elapsed().as_secs_f64());
         self.write_report(store, &report, interrupted).await?;
-        let location = report_path(&self.out_dir, &report.run_id).display().to_string();
+        let batch = self
+            .catalog
+            .model(&report.model)
+            .ok()
+            .and_then(|m| m.batch_price_per_image);
+        let page = crate::usecase::report::write_local_page(store, &report, &shown, batch).await;
+        page.map_err(|e| RunError::Report(e.to_string()))?;
+        let location = report_path(&self.out_dir, &report.run_id)
+            .with_extension("html")
+            .display()
+            .to_string();
         self.post(&completion_message(&report, &location), "completion").await;
         let (succeeded, failed, invalid) = (report.succeeded, report.failed, report.invalid);
         tracing::info!(run_id = %report.run_id, succeeded, failed, invalid, interrupted, "run finished");

@@ -40,6 +40,7 @@ impl Generated {
         ImageEntry {
             row: job.row,
             key: job.key.to_string(),
+            prompt: crate::report::prompt_start(&job.prompt),
             object_key: self.object_key,
             path,
             content_type: self.content_type,

@@ -58,6 +58,8 @@ pub struct Recorder<L, S, C, N> {
     pub cms: Option<C>,
     pub notifier: Option<N>,
     pub locations: Locations,
+    /// Presigns the report page's links to private objects; without it they are `s3://` URIs.
+    pub links: Option<std::sync::Arc<dyn crate::provider::ReferenceSigner>>,
     /// Deliveries of a success event before a CMS outage is recorded as a CMS failure.
     pub cms_max_attempts: u32,
     /// Retries inside one call to ride out a blip of Slack.
@@ -69,6 +71,8 @@ pub struct Recorder<L, S, C, N> {
 }
 
 /// What one delivery contributes.
+// One per record of a batch (at most 10), consumed at once: boxing the outcome would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Step {
     Outcome(Outcome),
     Split,
@@ -248,11 +252,13 @@ impl<L: RunLedger, S: ObjectStore, C: Cms, N: Notifier> Recorder<L, S, C, N> {
 
     /// The report and results, then the completion message.
     async fn complete(&self, run: &RunRecord) -> Result<(), String> {
-        let report = write_report(&self.ledger, &self.store, &self.locations, run)
+        let links = self.links.as_deref();
+        let report = write_report(&self.ledger, &self.store, &self.locations, links, run)
             .await
             .map_err(|e| e.to_string())?;
         if let Some(notifier) = &self.notifier {
-            let location = self.locations.object(&crate::locations::keys::report(&run.run_id));
+            let page = crate::locations::keys::report_html(&run.run_id);
+            let location = crate::usecase::report::private_link(&self.locations, links, &page).await;
             let text = completion_message(&report, &location);
             match notify(notifier, &text, &self.notify_retry).await {
                 Ok(()) => {}

@@ -69,6 +69,7 @@ async fn world(fail_at: usize, slack: Trouble) -> World {
             bucket: "b".into(),
             public_base_url: None,
         },
+        links: None,
         cms_max_attempts: 3,
         notify_retry: RetryPolicy {
             max_attempts: 1,
@@ -90,6 +91,7 @@ fn image(row: u64) -> ImageEntry {
     ImageEntry {
         row,
         key: format!("product/SKU-{row}"),
+        prompt: format!("Photo of product {row}"),
         object_key: format!("images/product/SKU-{row}.png"),
         path: format!("s3://b/images/product/SKU-{row}.png"),
         content_type: "image/png".into(),

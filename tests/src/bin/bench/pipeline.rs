@@ -316,6 +316,7 @@ fn synthetic(row: u64) -> Option<Outcome> {
             image: ImageEntry {
                 row,
                 key: format!("product/SKU-{row:07}"),
+                prompt: format!("Studio photo of product {row}, white background"),
                 object_key: format!("images/product/SKU-{row:07}.png"),
                 path: format!("s3://bench/images/product/SKU-{row:07}.png"),
                 content_type: "image/png".into(),
@@ -426,7 +427,7 @@ pub async fn report(rows: u64) -> Result<(), Error> {
         public_base_url: None,
     };
     let started = Instant::now();
-    let report = imagepipe::usecase::report::write_report(&ledger, &store, &locations, &run).await?;
+    let report = imagepipe::usecase::report::write_report(&ledger, &store, &locations, None, &run).await?;
     let wall = started.elapsed().as_secs_f64();
     assert_eq!(report.rows, rows);
     let results = std::fs::metadata(dir.path().join("runs/run-synthetic/results.csv"))?.len();
