@@ -122,6 +122,7 @@ pub async fn generate_new<S: ObjectStore>(
     let request = ImageRequest {
         provider_model: model.provider_model.clone(),
         quality: model.quality.clone(),
+        key: job.key.to_string(),
         prompt: job.prompt.clone(),
         size: job.size,
         references: sign_references(&job.references, signer)
