@@ -19,6 +19,7 @@ pub mod lambda;
 pub mod ledger;
 pub mod local;
 pub mod locations;
+pub mod metrics;
 pub mod net;
 pub mod pattern;
 pub mod provider;

@@ -300,6 +300,9 @@ async fn slack_accepts(slack: &MockServer) {
 
 #[tokio::test]
 async fn a_clean_csv_becomes_stored_images_cms_updates_and_one_completion_message() {
+    // The three functions' metrics, recorded in this process as each function records them.
+    static METRICS: std::sync::OnceLock<imagepipe::metrics::Emf> = std::sync::OnceLock::new();
+    let metrics = METRICS.get_or_init(|| imagepipe::metrics::Emf::install("pipeline-test").unwrap());
     let stack = Stack::new(ScriptedProvider::default(), &[]).await;
     cms_accepts(&stack.cms).await;
     slack_accepts(&stack.slack).await;
@@ -389,6 +392,20 @@ async fn a_clean_csv_becomes_stored_images_cms_updates_and_one_completion_messag
     stack.drain(1).await;
     assert_eq!(stack.provider.total_calls(), 5);
     assert_eq!(stack.slack_texts().await.len(), 2);
+    let mut emf = Vec::new();
+    metrics.flush(&mut emf).unwrap();
+    let recorded = imagepipe_tests::emf::metrics(&String::from_utf8(emf).unwrap()).unwrap();
+    let total = |name: &str| -> f64 {
+        let of_run = |m: &&imagepipe_tests::emf::Metric| {
+            m.name == name && m.dimensions.contains(&("template".into(), "product_hero".into()))
+        };
+        recorded.iter().filter(of_run).flat_map(|m| m.values.iter()).sum()
+    };
+    // Other tests of this binary may add to the same series while this one runs.
+    assert!(total("JobsSent") >= 5.0, "{recorded:?}");
+    assert!(total("ImagesSucceeded") >= 5.0, "{recorded:?}");
+    assert!(total("RunsCompleted") >= 1.0, "{recorded:?}");
+    assert!(recorded.iter().all(|m| m.namespace == "imagepipe"));
 }
 
 #[tokio::test]

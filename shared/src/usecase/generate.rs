@@ -131,7 +131,10 @@ pub async fn generate_new<S: ObjectStore>(
         seed: job.seed(),
         timeout,
     };
-    let image = provider.generate(&request).await?;
+    let called = std::time::Instant::now();
+    let image = provider.generate(&request).await;
+    crate::metrics::provider_call(job, provider.name(), called.elapsed());
+    let image = image?;
     let info = image_format::inspect(&image.bytes)?;
     let object_key = image_key(job.key.as_str(), info.format);
     let bytes = image.bytes.len() as u64;

@@ -198,16 +198,20 @@ impl<L: RunLedger, S: ObjectStore, C: Cms, N: Notifier> Recorder<L, S, C, N> {
                 };
                 Step::Outcome(Outcome::Succeeded { image, cms: Some(cms) })
             }
-            FinalizerInput::DeadJob(job) => Step::Outcome(Outcome::Failed {
-                failure: FailureEntry {
-                    row: job.row,
-                    key: job.key.to_string(),
-                    reason: "no outcome after the jobs queue's last delivery: the generator timed out or crashed \
-                             on it every time (the message is in the jobs dead-letter queue)"
-                        .into(),
-                    attempts: receive_count,
-                },
-            }),
+            FinalizerInput::DeadJob(job) => {
+                let reason = "no outcome after the jobs queue's last delivery: the generator timed out or crashed \
+                              on it every time (the message is in the jobs dead-letter queue)";
+                // The generator never said which provider it called.
+                crate::metrics::image_failed(&job, "unknown", reason);
+                Step::Outcome(Outcome::Failed {
+                    failure: FailureEntry {
+                        row: job.row,
+                        key: job.key.to_string(),
+                        reason: reason.into(),
+                        attempts: receive_count,
+                    },
+                })
+            }
         }
     }
 
@@ -256,6 +260,7 @@ impl<L: RunLedger, S: ObjectStore, C: Cms, N: Notifier> Recorder<L, S, C, N> {
         let report = write_report(&self.ledger, &self.store, &self.locations, links, run)
             .await
             .map_err(|e| e.to_string())?;
+        crate::metrics::run_completed(&run.provider, &run.model, &run.template);
         if let Some(notifier) = &self.notifier {
             let page = crate::locations::keys::report_html(&run.run_id);
             let location = crate::usecase::report::private_link(&self.locations, links, &page).await;

@@ -401,6 +401,7 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
         while let Some(sent) = in_flight.next().await {
             sent?;
         }
+        crate::metrics::jobs_sent(&run.provider, &run.model, &run.template, to.sent - from.sent);
         Ok((to, finished))
     }
 
