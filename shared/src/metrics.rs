@@ -20,6 +20,9 @@ pub const PROVIDER_LATENCY: &str = "ProviderLatency";
 pub const SPEND_USD: &str = "SpendUsd";
 pub const JOBS_SENT: &str = "JobsSent";
 pub const RUNS_COMPLETED: &str = "RunsCompleted";
+/// 1 for a failed image, 0 for a stored one, per function: its 5-minute average is the failure rate
+/// failed / (succeeded + failed) that the stack's alarm watches, without metric math.
+pub const FAILURE_RATE: &str = "FailureRate";
 
 /// The dimensions every metric has besides `function`.
 fn labels(provider: &str, model: &str, template: &str) -> Vec<(&'static str, String)> {
@@ -40,10 +43,19 @@ fn job_labels(job: &Job, provider: &str) -> Vec<(&'static str, String)> {
     )
 }
 
+/// One more of `name` under `labels`, and under `function` alone (the dashboard's totals: a graph
+/// cannot add up all of a metric's series without a SEARCH per widget), and the image's 0 or 1 of
+/// [`FAILURE_RATE`].
+fn count(name: &'static str, labels: &[(&'static str, String)]) {
+    counter!(name, labels).increment(1);
+    counter!(name).increment(1);
+    histogram!(FAILURE_RATE).record(if name == IMAGES_FAILED { 1.0 } else { 0.0 });
+}
+
 /// A job's image was stored (or already existed), `cost_usd` paid for it.
 pub fn image_made(job: &Job, provider: &str, reused: bool, cost_usd: f64) {
     let labels = job_labels(job, provider);
-    counter!(IMAGES_SUCCEEDED, &labels).increment(1);
+    count(IMAGES_SUCCEEDED, &labels);
     if reused {
         counter!(IMAGES_REUSED, &labels).increment(1);
     }
@@ -54,7 +66,7 @@ pub fn image_made(job: &Job, provider: &str, reused: bool, cost_usd: f64) {
 pub fn image_failed(job: &Job, provider: &str, reason: &str) {
     let mut labels = job_labels(job, provider);
     labels.push(("reason", FailureClass::of(reason).id().to_owned()));
-    counter!(IMAGES_FAILED, &labels).increment(1);
+    count(IMAGES_FAILED, &labels);
 }
 
 /// One provider call took `elapsed`, whatever its result.
@@ -92,8 +104,10 @@ fn describe() {
 pub struct Emf(&'static metrics_cloudwatch_embedded::Collector);
 
 impl Emf {
-    /// Installs the process-wide recorder, every metric with the dimension `function`.
-    pub fn install(function: &'static str) -> Result<Self, String> {
+    /// Installs the process-wide recorder, every metric with the dimension `function`: the Lambda
+    /// function's name (`AWS_LAMBDA_FUNCTION_NAME`, so two stacks' metrics stay apart), else `role`.
+    pub fn install(role: &str) -> Result<Self, String> {
+        let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| role.to_owned());
         let collector = metrics_cloudwatch_embedded::Builder::new()
             .cloudwatch_namespace(NAMESPACE)
             .with_dimension("function", function)
@@ -115,5 +129,66 @@ impl Emf {
             tracing::warn!(%error, "metrics not written");
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::OnceLock;
+
+    use super::*;
+    use crate::key::ObjectKey;
+    use crate::template::ImageSize;
+
+    /// The process's recorder; other tests of this binary may record into it too.
+    fn emf() -> &'static Emf {
+        static EMF: OnceLock<Emf> = OnceLock::new();
+        EMF.get_or_init(|| Emf::install("metrics-test").unwrap())
+    }
+
+    #[test]
+    fn a_failure_is_counted_by_its_class_and_never_by_its_run() {
+        let emf = emf();
+        let job = Job {
+            run_id: "run-0123456789abcdef".into(),
+            row: 7,
+            key: ObjectKey::parse("metrics_test/SKU-7").unwrap(),
+            prompt: "a mug".into(),
+            model: "nano-banana".into(),
+            size: ImageSize { width: 64, height: 64 },
+            references: vec![],
+        };
+        image_failed(&job, "gemini", "rate limited: 429 (gave up after 3 attempts)");
+        image_made(&job, "gemini", false, 0.039);
+        let mut out = Vec::new();
+        emf.flush(&mut out).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains("run-0123456789abcdef") && !out.contains("SKU-7"), "{out}");
+        let documents: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let of_test = |name: &str| {
+            let found = documents
+                .iter()
+                .find(|d| d["template"] == "metrics_test" && d.get(name).is_some());
+            found.unwrap_or_else(|| panic!("no {name} in {out}")).clone()
+        };
+        let failed = of_test(IMAGES_FAILED);
+        assert_eq!(
+            (failed["reason"].as_str(), failed[IMAGES_FAILED].as_u64()),
+            (Some("rate_limited"), Some(1))
+        );
+        assert_eq!(failed["_aws"]["CloudWatchMetrics"][0]["Namespace"], NAMESPACE);
+        let dimensions = &failed["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0];
+        assert_eq!(
+            *dimensions,
+            serde_json::json!(["function", "provider", "model", "template", "reason"])
+        );
+        assert_eq!(of_test(SPEND_USD)[SPEND_USD], serde_json::json!([0.039]));
+        let rates: Vec<f64> = documents
+            .iter()
+            .filter_map(|d| d.get(FAILURE_RATE)?.as_array().cloned())
+            .flatten()
+            .filter_map(|v| v.as_f64())
+            .collect();
+        assert!(rates.contains(&1.0) && rates.contains(&0.0), "{out}");
     }
 }

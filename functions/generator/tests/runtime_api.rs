@@ -102,7 +102,7 @@ async fn the_generator_binary_answers_an_sqs_event_through_the_runtime_api() {
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .into();
     let metric = |name: &str| {
-        let found = metrics.iter().find(|m| m.name == name);
+        let found = metrics.iter().find(|m| m.name == name && m.dimensions.len() == 4);
         found.unwrap_or_else(|| panic!("no {name} in {metrics:?}")).clone()
     };
     let made = metric("ImagesSucceeded");
@@ -117,8 +117,23 @@ async fn the_generator_binary_answers_an_sqs_event_through_the_runtime_api() {
         (metric("SpendUsd").unit.as_str(), metric("SpendUsd").values.as_slice()),
         ("None", &[0.0][..])
     );
+    let rollup = metrics
+        .iter()
+        .find(|m| m.name == "ImagesSucceeded" && m.dimensions.len() == 1);
+    let rollup = rollup.unwrap_or_else(|| panic!("no per-function total in {metrics:?}"));
+    assert_eq!(rollup.dimensions, [("function".to_owned(), "generator".to_owned())]);
+    assert_eq!(rollup.values, [1.0]);
+    let failure_rate = metrics.iter().find(|m| m.name == "FailureRate").expect("FailureRate");
+    assert_eq!(
+        (failure_rate.dimensions.len(), failure_rate.values.as_slice()),
+        (1, &[0.0][..])
+    );
+    let allowed = ["function", "provider", "model", "template", "reason"];
     assert!(
-        metrics.iter().all(|m| m.dimensions.len() == 4),
+        metrics
+            .iter()
+            .flat_map(|m| &m.dimensions)
+            .all(|(key, _)| allowed.contains(&key.as_str())),
         "run-independent dimensions only: {metrics:?}"
     );
 }
