@@ -401,7 +401,7 @@ impl RunLedger for SyntheticLedger {
     }
 }
 
-/// Assembles report.json and results.csv of `rows` synthetic outcomes into a directory store.
+/// Assembles report.json, results.csv and report.html of `rows` synthetic outcomes into a directory store.
 pub async fn report(rows: u64) -> Result<(), Error> {
     let dir = tempfile::tempdir()?;
     let store = imagepipe::adapters::fs_store::FsObjectStore::new(dir.path());
@@ -435,6 +435,7 @@ pub async fn report(rows: u64) -> Result<(), Error> {
         "{}",
         json!({"bench": "report", "rows": rows, "wall_s": wall, "results_csv_bytes": results,
                "report_json_bytes": std::fs::metadata(dir.path().join("runs/run-synthetic/report.json"))?.len(),
+               "report_html_bytes": std::fs::metadata(dir.path().join("runs/run-synthetic/report.html"))?.len(),
                "peak_rss_kib": peak_rss_kib()})
     );
     Ok(())
