@@ -267,12 +267,7 @@ impl LocalRun {
         builder.results(&self.out_dir.join(&results_key).display().to_string());
         let report = builder.finish(started.elapsed().as_secs_f64());
         self.write_report(store, &report, interrupted).await?;
-        let batch = self
-            .catalog
-            .model(&report.model)
-            .ok()
-            .and_then(|m| m.batch_price_per_image);
-        let page = crate::usecase::report::write_local_page(store, &report, &shown, batch).await;
+        let page = crate::usecase::report::write_local_page(store, &report, &shown, &self.catalog).await;
         page.map_err(|e| RunError::Report(e.to_string()))?;
         let location = report_path(&self.out_dir, &report.run_id)
             .with_extension("html")

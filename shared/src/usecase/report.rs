@@ -225,19 +225,20 @@ pub async fn private_link(locations: &Locations, links: Option<&dyn ReferenceSig
     }
 }
 
-/// Writes the page of a local run, its images linked relative to it (`../../images/…`).
+/// Writes the page of a local run, its images linked relative to it (`../../images/…`), the batch
+/// price of its model from `catalog`.
 pub async fn write_local_page<S: ObjectStore>(
     store: &S,
     report: &RunReport,
     shown: &Shown,
-    batch_price_per_image: Option<f64>,
+    catalog: &crate::catalog::Catalog,
 ) -> Result<(), StoreError> {
     let page = report_html::Page {
         report,
         shown,
         image_url: &report_html::relative_image_url,
         results_link: "results.csv",
-        batch_price_per_image,
+        batch_price_per_image: catalog.model(&report.model).ok().and_then(|m| m.batch_price_per_image),
     };
     put_html(store, &keys::report_html(&report.run_id), &page).await
 }
