@@ -315,4 +315,16 @@ mod tests {
         );
         assert_eq!(cms.body, r#"{"image_url": "{image_url}"}"#);
     }
+
+    #[test]
+    fn report_links_last_seven_days_unless_set_shorter() {
+        let base = [("IMAGEPIPE_BUCKET", "b"), ("LEDGER_TABLE", "t")];
+        assert_eq!(config(&base).unwrap().report_link, Duration::from_secs(7 * 86_400));
+        let hour = config(&[base[0], base[1], ("REPORT_LINK_SECS", "3600")]).unwrap();
+        assert_eq!(hour.report_link, Duration::from_secs(3600));
+        for refused in ["0", "604801", "a week"] {
+            let error = config(&[base[0], base[1], ("REPORT_LINK_SECS", refused)]).unwrap_err();
+            assert!(error.to_string().contains("REPORT_LINK_SECS"), "{error}");
+        }
+    }
 }
