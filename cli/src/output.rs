@@ -233,6 +233,7 @@ pub fn report(report: &RunReport, path: &Path, json: bool) -> anyhow::Result<()>
         writeln!(out, "  invalid row {}: {}", i.row, shown(&i.reason))?;
     }
     writeln!(out, "report: {}", path.display())?;
+    writeln!(out, "page: {}", path.with_extension("html").display())?;
     Ok(())
 }
 

@@ -1,4 +1,7 @@
-//! Test and benchmark support shared by the workspace's tests: a local Lambda Runtime API.
+//! Test and benchmark support shared by the workspace's tests: a local Lambda Runtime API and a
+//! checker of CloudWatch Embedded Metric Format output.
+
+pub mod emf;
 
 pub mod runtime_api {
     //! A minimal Lambda Runtime API: enough for `lambda_runtime` to initialise, take one event and

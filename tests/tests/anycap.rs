@@ -46,6 +46,7 @@ fn request(prompt: &str, references: Vec<String>) -> ImageRequest {
     ImageRequest {
         provider_model: "nano-banana-2".into(),
         quality: None,
+        key: "product/SKU-1".into(),
         prompt: prompt.into(),
         size: ImageSize {
             width: 1024,

@@ -89,6 +89,10 @@ impl Stack {
                     &format!("{}/services/T0/B0/secret", slack.uri()),
                 )),
                 locations: Locations::bucket(&bucket, Some("https://cdn.example.test".into())),
+                links: Some(Arc::new(imagepipe::adapters::s3_store::S3Signer::new(
+                    clients.s3.clone(),
+                    Duration::from_secs(3600),
+                ))),
                 cms_max_attempts: 3,
                 notify_retry: RetryPolicy {
                     max_attempts: 2,
@@ -219,16 +223,20 @@ impl Stack {
     }
 
     async fn report(&self, run_id: &str) -> RunReport {
+        serde_json::from_str(&self.object(&format!("runs/{run_id}/report.json")).await).unwrap()
+    }
+
+    async fn object(&self, key: &str) -> String {
         let object = self
             .clients
             .s3
             .get_object()
             .bucket(&self.bucket)
-            .key(format!("runs/{run_id}/report.json"))
+            .key(key)
             .send()
             .await
-            .expect("the run has a report");
-        serde_json::from_slice(&object.body.collect().await.unwrap().into_bytes()).unwrap()
+            .unwrap_or_else(|e| panic!("{key} is missing: {e:?}"));
+        String::from_utf8(object.body.collect().await.unwrap().into_bytes().to_vec()).unwrap()
     }
 
     async fn images(&self) -> Vec<String> {
@@ -290,6 +298,9 @@ async fn slack_accepts(slack: &MockServer) {
 
 #[tokio::test]
 async fn a_clean_csv_becomes_stored_images_cms_updates_and_one_completion_message() {
+    // The three functions' metrics, recorded in this process as each function records them.
+    static METRICS: std::sync::OnceLock<imagepipe::ports::metrics::Emf> = std::sync::OnceLock::new();
+    let metrics = METRICS.get_or_init(|| imagepipe::ports::metrics::Emf::install("pipeline-test").unwrap());
     let stack = Stack::new(ScriptedProvider::default(), &[]).await;
     cms_accepts(&stack.cms).await;
     slack_accepts(&stack.slack).await;
@@ -355,6 +366,22 @@ async fn a_clean_csv_becomes_stored_images_cms_updates_and_one_completion_messag
     assert!(texts[0].contains("started: 5 images"), "{}", texts[0]);
     assert!(texts[1].contains("5/5 succeeded, 0 failed, 0 invalid"), "{}", texts[1]);
     assert!(texts.iter().all(|t| !t.contains("secret")));
+    let page = stack.object(&format!("runs/{run_id}/report.html")).await;
+    assert_eq!(
+        page.matches("<img loading=\"lazy\" src=\"https://cdn.example.test/images/product_hero/SKU-")
+            .count(),
+        5
+    );
+    assert!(page.contains("img-src https://cdn.example.test;"), "{page}");
+    assert!(
+        page.contains(&format!("/runs/{run_id}/results.csv?")),
+        "results.csv is presigned"
+    );
+    let link = texts[1].lines().last().unwrap().strip_prefix("Report: ").unwrap();
+    assert!(
+        link.contains(&format!("/runs/{run_id}/report.html?")) && link.contains("X-Amz-Signature="),
+        "{link}"
+    );
 
     // The same S3 event again (at-least-once delivery) starts nothing new.
     let again = stack.split(event).await;
@@ -363,6 +390,20 @@ async fn a_clean_csv_becomes_stored_images_cms_updates_and_one_completion_messag
     stack.drain(1).await;
     assert_eq!(stack.provider.total_calls(), 5);
     assert_eq!(stack.slack_texts().await.len(), 2);
+    let mut emf = Vec::new();
+    metrics.flush(&mut emf).unwrap();
+    let recorded = imagepipe_tests::emf::metrics(&String::from_utf8(emf).unwrap()).unwrap();
+    let total = |name: &str| -> f64 {
+        let of_run = |m: &&imagepipe_tests::emf::Metric| {
+            m.name == name && m.dimensions.contains(&("template".into(), "product_hero".into()))
+        };
+        recorded.iter().filter(of_run).flat_map(|m| m.values.iter()).sum()
+    };
+    // Other tests of this binary may add to the same series while this one runs.
+    assert!(total("JobsSent") >= 5.0, "{recorded:?}");
+    assert!(total("ImagesSucceeded") >= 5.0, "{recorded:?}");
+    assert!(total("RunsCompleted") >= 1.0, "{recorded:?}");
+    assert!(recorded.iter().all(|m| m.namespace == "imagepipe"));
 }
 
 #[tokio::test]

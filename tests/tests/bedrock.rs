@@ -24,6 +24,7 @@ fn request(model: &str) -> ImageRequest {
     ImageRequest {
         provider_model: model.into(),
         quality: None,
+        key: "product/SKU-1".into(),
         prompt: "A red mug".into(),
         size: ImageSize {
             width: 1000,

@@ -19,6 +19,7 @@ fn request() -> ImageRequest {
     ImageRequest {
         provider_model: "gemini-3.1-flash-image-preview".into(),
         quality: None,
+        key: "product/SKU-1".into(),
         prompt: "A red mug".into(),
         size: ImageSize {
             width: 1536,

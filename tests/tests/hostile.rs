@@ -32,6 +32,7 @@ fn request(references: Vec<String>) -> ImageRequest {
     ImageRequest {
         provider_model: "gemini-2.5-flash-image".into(),
         quality: None,
+        key: "product/SKU-1".into(),
         prompt: "A red mug".into(),
         size: ImageSize { width: 64, height: 64 },
         references,

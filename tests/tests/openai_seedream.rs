@@ -19,6 +19,7 @@ fn request(model: &str, references: Vec<String>) -> ImageRequest {
     ImageRequest {
         provider_model: model.into(),
         quality: Some("medium".into()),
+        key: "product/SKU-1".into(),
         prompt: "A red mug".into(),
         size: ImageSize {
             width: 1536,

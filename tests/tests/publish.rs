@@ -107,7 +107,12 @@ async fn each_success_is_patched_into_the_cms_and_slack_gets_start_and_completio
         "{done}"
     );
     assert!(done.contains("row 4 invalid: column \"name\" is empty"), "{done}");
-    assert!(done.contains("report.json"), "{done}");
+    assert!(
+        done.lines()
+            .last()
+            .is_some_and(|l| l.starts_with("Report: ") && l.ends_with("/report.html")),
+        "{done}"
+    );
 }
 
 #[tokio::test]

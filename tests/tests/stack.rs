@@ -325,6 +325,8 @@ async fn the_deployed_stack_runs_uploads_and_schedules_end_to_end() {
             .collect(),
     };
 
+    check_monitoring(&python, &outputs);
+
     let s3 = support::clients().s3;
     for (key, csv) in [
         (
@@ -449,6 +451,58 @@ async fn the_deployed_stack_runs_uploads_and_schedules_end_to_end() {
 }
 
 /// The `imagepipe` binary against the deployed stack, named by `--stack` alone.
+/// The stack's dashboard and failure-rate alarm exist in CloudWatch, on the stack's own functions.
+fn check_monitoring(python: &Path, outputs: &serde_json::Value) {
+    let output = |name: &str| {
+        outputs[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no output {name}: {outputs}"))
+    };
+    let described = aws_command(python)
+        .arg(workspace().join("tests/stack/monitoring.py"))
+        .args([output("DashboardName"), output("FailureRateAlarmName")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&described.stderr);
+    assert!(described.status.success(), "monitoring.py: {stderr}");
+    let described: serde_json::Value = serde_json::from_slice(&described.stdout).unwrap();
+    let (dashboard, alarm) = (&described["dashboard"], &described["alarm"]);
+    let widgets = dashboard["widgets"].as_array().unwrap();
+    let titles: Vec<&str> = widgets
+        .iter()
+        .filter_map(|w| w["properties"]["title"].as_str())
+        .collect();
+    for title in [
+        "Images per minute",
+        "Failure rate (5 min)",
+        "Failures by class (5 min)",
+        "Dead-letter queues",
+    ] {
+        assert!(titles.contains(&title), "{title} missing: {titles:?}");
+    }
+    let generator = output("GeneratorFunctionName");
+    assert!(
+        dashboard.to_string().contains(generator),
+        "the widgets name the stack's generator: {dashboard}"
+    );
+    assert_eq!(
+        (
+            alarm["Namespace"].as_str(),
+            alarm["MetricName"].as_str(),
+            alarm["Statistic"].as_str()
+        ),
+        (Some("imagepipe"), Some("FailureRate"), Some("Average"))
+    );
+    assert_eq!(
+        (alarm["Threshold"].as_f64(), alarm["Period"].as_u64()),
+        (Some(0.2), Some(300))
+    );
+    assert_eq!(
+        alarm["Dimensions"],
+        serde_json::json!([{"Name": "function", "Value": generator}])
+    );
+}
+
 fn cli(args: &[&str]) -> (bool, String, String) {
     let binary = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| workspace().join("target"), PathBuf::from)

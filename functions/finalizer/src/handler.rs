@@ -2,12 +2,13 @@
 //! outcome, then per run the start and completion steps), or — on its schedule — reconciles the
 //! runs whose last events were lost.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use imagepipe::adapters::dynamodb_ledger::DynamoLedger;
 use imagepipe::adapters::http_publish::{HttpCms, SlackWebhook, http_client};
-use imagepipe::adapters::s3_store::S3ObjectStore;
+use imagepipe::adapters::s3_store::{S3ObjectStore, S3Signer};
 use imagepipe::domain::events::FinalizerInput;
 use imagepipe::domain::retry::RetryPolicy;
 use imagepipe::drivers::config::{Config, ConfigError, secret};
@@ -44,6 +45,7 @@ impl Deps {
                 cms,
                 notifier,
                 locations: config.locations(),
+                links: Some(Arc::new(S3Signer::new(clients.s3.clone(), config.report_link))),
                 cms_max_attempts: config.cms_max_attempts,
                 notify_retry: RetryPolicy {
                     max_attempts: 3,

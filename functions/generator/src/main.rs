@@ -8,5 +8,6 @@ use lambda_runtime::{Error, run, service_fn};
 async fn main() -> Result<(), Error> {
     let (clients, config) = AwsClients::init().await?;
     let deps = handler::Deps::new(&clients, config)?;
-    run(service_fn(|event| handler::handle(&deps, event))).await
+    let metrics = imagepipe::ports::metrics::Emf::install("generator")?;
+    run(service_fn(|event| metrics.around(handler::handle(&deps, event)))).await
 }

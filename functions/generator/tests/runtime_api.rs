@@ -90,4 +90,50 @@ async fn the_generator_binary_answers_an_sqs_event_through_the_runtime_api() {
         "{logs}"
     );
     assert!(logs.contains("message does not parse as a job"), "{logs}");
+
+    // Its metrics, printed as CloudWatch Embedded Metric Format after the invocation.
+    let metrics = imagepipe_tests::emf::metrics(&logs).unwrap_or_else(|e| panic!("{e}\n{logs}"));
+    let dimensions: Vec<(String, String)> = [
+        ("function", "generator"),
+        ("provider", "placeholder"),
+        ("model", "placeholder"),
+        ("template", "product"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .into();
+    let metric = |name: &str| {
+        let found = metrics.iter().find(|m| m.name == name && m.dimensions.len() == 4);
+        found.unwrap_or_else(|| panic!("no {name} in {metrics:?}")).clone()
+    };
+    let made = metric("ImagesSucceeded");
+    assert_eq!(
+        (made.namespace.as_str(), made.unit.as_str(), made.values.as_slice()),
+        ("imagepipe", "Count", &[1.0][..])
+    );
+    assert_eq!(made.dimensions, dimensions);
+    let latency = metric("ProviderLatency");
+    assert_eq!((latency.unit.as_str(), latency.values.len()), ("Milliseconds", 1));
+    assert_eq!(
+        (metric("SpendUsd").unit.as_str(), metric("SpendUsd").values.as_slice()),
+        ("None", &[0.0][..])
+    );
+    let rollup = metrics
+        .iter()
+        .find(|m| m.name == "ImagesSucceeded" && m.dimensions.len() == 1);
+    let rollup = rollup.unwrap_or_else(|| panic!("no per-function total in {metrics:?}"));
+    assert_eq!(rollup.dimensions, [("function".to_owned(), "generator".to_owned())]);
+    assert_eq!(rollup.values, [1.0]);
+    let failure_rate = metrics.iter().find(|m| m.name == "FailureRate").expect("FailureRate");
+    assert_eq!(
+        (failure_rate.dimensions.len(), failure_rate.values.as_slice()),
+        (1, &[0.0][..])
+    );
+    let allowed = ["function", "provider", "model", "template", "reason"];
+    assert!(
+        metrics
+            .iter()
+            .flat_map(|m| &m.dimensions)
+            .all(|(key, _)| allowed.contains(&key.as_str())),
+        "run-independent dimensions only: {metrics:?}"
+    );
 }

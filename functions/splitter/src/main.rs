@@ -8,8 +8,9 @@ use splitter::handler;
 async fn main() -> Result<(), Error> {
     let (clients, config) = AwsClients::init().await?;
     let deps = handler::Deps::new(&clients, config)?;
+    let metrics = imagepipe::ports::metrics::Emf::install("splitter")?;
     run(service_fn(|event: LambdaEvent<serde_json::Value>| {
-        handler::handle(&deps, event)
+        metrics.around(handler::handle(&deps, event))
     }))
     .await
 }

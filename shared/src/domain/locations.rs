@@ -66,6 +66,11 @@ pub mod keys {
         format!("runs/{run_id}/report.json")
     }
 
+    /// The run as a page.
+    pub fn report_html(run_id: &str) -> String {
+        format!("runs/{run_id}/report.html")
+    }
+
     /// A line per row.
     pub fn results(run_id: &str) -> String {
         format!("runs/{run_id}/results.csv")

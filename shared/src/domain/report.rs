@@ -10,6 +10,17 @@ use crate::domain::rows::InvalidRow;
 
 /// Entries listed per list in the report; the counts and `results.csv` cover every row.
 pub const LISTED: usize = 100;
+/// Characters of an image's prompt kept with it in the report.
+pub const PROMPT_SHOWN: usize = 200;
+
+/// The start of `prompt`, cut at [`PROMPT_SHOWN`] characters (with `…` when cut).
+pub fn prompt_start(prompt: &str) -> String {
+    match prompt.char_indices().nth(PROMPT_SHOWN) {
+        Some((end, _)) => format!("{}…", &prompt[..end]),
+        None => prompt.to_owned(),
+    }
+}
+
 /// Distinct reasons counted per group; rarer ones are counted together as [`OTHER_REASONS`].
 pub const REASON_GROUPS: usize = 50;
 /// The group of the reasons past [`REASON_GROUPS`].
@@ -30,6 +41,9 @@ pub struct ImageEntry {
     /// What the CMS knows the row's item by.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cms_id: String,
+    /// The start of the prompt (at most [`PROMPT_SHOWN`] characters), for the report's page.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prompt: String,
     /// The image's key in the store (`images/<key>.<ext>`).
     pub object_key: String,
     /// Where the image is: a file path locally, `s3://bucket/key` on AWS.

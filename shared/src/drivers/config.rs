@@ -21,7 +21,7 @@ pub fn secret_variables() -> Vec<&'static str> {
 }
 
 /// Every variable [`Config::from_env`] reads (besides the secrets and their `_PARAM` forms).
-pub const VARIABLES: [&str; 26] = [
+pub const VARIABLES: [&str; 27] = [
     "IMAGEPIPE_BUCKET",
     "LEDGER_TABLE",
     "JOBS_QUEUE_URL",
@@ -43,6 +43,7 @@ pub const VARIABLES: [&str; 26] = [
     "SPLIT_ROWS_PER_INVOCATION",
     "RECONCILE_SILENCE_SECS",
     "RUN_RETENTION_DAYS",
+    "REPORT_LINK_SECS",
     // Read by the providers themselves: another API endpoint (a proxy, a region); empty for the default.
     "IMAGEPIPE_GEMINI_BASE_URL",
     "IMAGEPIPE_OPENAI_BASE_URL",
@@ -124,6 +125,8 @@ pub struct Config {
     pub reconcile_silence: Duration,
     /// Ledger items expire this long after their run started.
     pub run_retention: Duration,
+    /// How long the presigned links of a run's report (its page, images, results) stay valid.
+    pub report_link: Duration,
     /// Internal hosts and networks reference and download URLs may reach (`IMAGEPIPE_ALLOW_HOSTS`).
     pub allow_hosts: crate::adapters::net::AllowList,
 }
@@ -174,6 +177,7 @@ impl Config {
             run_retention: Duration::from_secs(
                 86_400 * parse::<u64>(&var, "RUN_RETENTION_DAYS", "whole days")?.unwrap_or(90),
             ),
+            report_link: report_link(&var)?,
             allow_hosts: crate::adapters::net::AllowList::parse(&var("IMAGEPIPE_ALLOW_HOSTS").unwrap_or_default())
                 .map_err(|_| ConfigError::Invalid {
                     name: "IMAGEPIPE_ALLOW_HOSTS",
@@ -207,6 +211,23 @@ impl Config {
     /// Where the deployment's images and reports are.
     pub fn locations(&self) -> crate::domain::locations::Locations {
         crate::domain::locations::Locations::bucket(&self.bucket, self.public_base_url.clone())
+    }
+}
+
+/// The longest a SigV4 presigned URL can be valid: 7 days.
+pub const MAX_LINK_SECS: u64 = 7 * 86_400;
+
+/// `REPORT_LINK_SECS`: 1 s to [`MAX_LINK_SECS`], the maximum by default.
+fn report_link(var: &impl Fn(&str) -> Option<String>) -> Result<Duration, ConfigError> {
+    let expected = "whole seconds from 1 to 604800 (7 days, the longest a presigned URL is valid)";
+    match parse::<u64>(var, "REPORT_LINK_SECS", expected)? {
+        None => Ok(Duration::from_secs(MAX_LINK_SECS)),
+        Some(secs) if (1..=MAX_LINK_SECS).contains(&secs) => Ok(Duration::from_secs(secs)),
+        Some(secs) => Err(ConfigError::Invalid {
+            name: "REPORT_LINK_SECS",
+            value: secs.to_string(),
+            expected,
+        }),
     }
 }
 
@@ -292,5 +313,17 @@ mod tests {
             ("PATCH", "/api/products/{sku}")
         );
         assert_eq!(cms.body, r#"{"image_url": "{image_url}"}"#);
+    }
+
+    #[test]
+    fn report_links_last_seven_days_unless_set_shorter() {
+        let base = [("IMAGEPIPE_BUCKET", "b"), ("LEDGER_TABLE", "t")];
+        assert_eq!(config(&base).unwrap().report_link, Duration::from_secs(7 * 86_400));
+        let hour = config(&[base[0], base[1], ("REPORT_LINK_SECS", "3600")]).unwrap();
+        assert_eq!(hour.report_link, Duration::from_secs(3600));
+        for refused in ["0", "604801", "a week"] {
+            let error = config(&[base[0], base[1], ("REPORT_LINK_SECS", refused)]).unwrap_err();
+            assert!(error.to_string().contains("REPORT_LINK_SECS"), "{error}");
+        }
     }
 }

@@ -13,6 +13,8 @@ pub struct ImageRequest {
     pub provider_model: String,
     /// Quality tier, for providers that take one.
     pub quality: Option<String>,
+    /// The row's job key (`<template>/<sku>`); only the offline placeholder uses it (it draws it).
+    pub key: String,
     pub prompt: String,
     pub size: ImageSize,
     /// Reference images for image-to-image: http(s) URLs (`s3://` URIs arrive presigned).

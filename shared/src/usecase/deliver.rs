@@ -105,6 +105,7 @@ impl<S: ObjectStore, E: MessageQueue, L: RunLedger> Generator<S, E, L> {
         let Some(budget) = time_left.checked_sub(FINISH_TIME).filter(|t| *t >= MIN_CALL_TIME) else {
             return Disposition::HandBack("too little time left before the function's deadline".into());
         };
+        let mut provider_name = String::from("none");
         let result = if let Some(reason) = self.stops.reason(&job.run_id).await {
             Err(JobError::Invalid(format!(
                 "not attempted: the run was stopped ({reason})"
@@ -112,6 +113,7 @@ impl<S: ObjectStore, E: MessageQueue, L: RunLedger> Generator<S, E, L> {
         } else {
             match self.model_and_provider(job).await {
                 Ok((model, provider)) => {
+                    provider_name = provider.name().to_owned();
                     // The call never outlives the invocation: it gets what is left, at most its timeout.
                     let configured = self.provider_timeouts.get(provider.name()).copied();
                     let timeout = configured.unwrap_or(self.provider_timeout).min(budget);
@@ -166,6 +168,15 @@ impl<S: ObjectStore, E: MessageQueue, L: RunLedger> Generator<S, E, L> {
                 }
             }
         };
+        match &event {
+            PipelineEvent::JobSucceeded { image, .. } => {
+                crate::ports::metrics::image_made(job, &provider_name, image.reused, image.cost_usd)
+            }
+            PipelineEvent::JobFailed { failure, .. } => {
+                crate::ports::metrics::image_failed(job, &provider_name, &failure.reason)
+            }
+            _ => {}
+        }
         let body = serde_json::to_string(&event).expect("an event always serialises");
         match self.events.send_batch(vec![body]).await {
             Ok(()) => Disposition::Done,

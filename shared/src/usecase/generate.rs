@@ -41,6 +41,7 @@ impl Generated {
             row: job.row,
             key: job.key.to_string(),
             cms_id: job.cms_id.clone(),
+            prompt: crate::domain::report::prompt_start(&job.prompt),
             object_key: self.object_key,
             path,
             content_type: self.content_type,
@@ -111,6 +112,7 @@ pub async fn generate_new<S: ObjectStore>(
     let request = ImageRequest {
         provider_model: model.provider_model.clone(),
         quality: model.quality.clone(),
+        key: job.key.to_string(),
         prompt: job.prompt.clone(),
         size: job.size,
         references: sign_references(&job.references, signer)
@@ -119,7 +121,10 @@ pub async fn generate_new<S: ObjectStore>(
         seed: job.seed(),
         timeout,
     };
-    let image = provider.generate(&request).await?;
+    let called = std::time::Instant::now();
+    let image = provider.generate(&request).await;
+    crate::ports::metrics::provider_call(job, provider.name(), called.elapsed());
+    let image = image?;
     let info = image_format::inspect(&image.bytes)?;
     let object_key = image_key(job.key.as_str(), info.format);
     let bytes = image.bytes.len() as u64;

@@ -58,6 +58,8 @@ pub struct Recorder<L, S, C, N> {
     pub cms: Option<C>,
     pub notifier: Option<N>,
     pub locations: Locations,
+    /// Presigns the report page's links to private objects; without it they are `s3://` URIs.
+    pub links: Option<std::sync::Arc<dyn crate::providers::ReferenceSigner>>,
     /// Deliveries of a success event before a CMS outage is recorded as a CMS failure.
     pub cms_max_attempts: u32,
     /// Retries inside one call to ride out a blip of Slack.
@@ -207,16 +209,20 @@ impl<L: RunLedger, S: ObjectStore, C: Cms, N: Notifier> Recorder<L, S, C, N> {
                 };
                 Step::outcome(Outcome::Succeeded { image, cms: Some(cms) })
             }
-            FinalizerInput::DeadJob(job) => Step::outcome(Outcome::Failed {
-                failure: FailureEntry {
-                    row: job.row,
-                    key: job.key.to_string(),
-                    reason: "no outcome after the jobs queue's last delivery: the generator timed out or crashed \
-                             on it every time (the message is in the jobs dead-letter queue)"
-                        .into(),
-                    attempts: receive_count,
-                },
-            }),
+            FinalizerInput::DeadJob(job) => {
+                let reason = "no outcome after the jobs queue's last delivery: the generator timed out or crashed \
+                              on it every time (the message is in the jobs dead-letter queue)";
+                // The generator never said which provider it called.
+                crate::ports::metrics::image_failed(&job, "unknown", reason);
+                Step::outcome(Outcome::Failed {
+                    failure: FailureEntry {
+                        row: job.row,
+                        key: job.key.to_string(),
+                        reason: reason.into(),
+                        attempts: receive_count,
+                    },
+                })
+            }
         }
     }
 
@@ -263,11 +269,15 @@ impl<L: RunLedger, S: ObjectStore, C: Cms, N: Notifier> Recorder<L, S, C, N> {
 
     /// The report and results, then the completion message.
     async fn complete(&self, run: &RunRecord) -> Result<(), String> {
-        let report = write_report(&self.ledger, &self.store, &self.locations, run)
+        let links = self.links.as_deref();
+        let report = write_report(&self.ledger, &self.store, &self.locations, links, run)
             .await
             .map_err(|e| e.to_string())?;
+        crate::ports::metrics::run_completed(&run.provider, &run.model, &run.template);
         if let Some(notifier) = &self.notifier {
-            let text = completion_message(&report, &self.locations.report(&run.run_id));
+            let page = crate::domain::locations::keys::report_html(&run.run_id);
+            let location = crate::usecase::report::private_link(&self.locations, links, &page).await;
+            let text = completion_message(&report, &location);
             match notify(notifier, &text, &self.notify_retry).await {
                 Ok(()) => {}
                 Err(e) if !e.retryable || self.notify_best_effort => {

@@ -66,6 +66,7 @@ async fn world(fail_at: usize, slack: Trouble) -> World {
         cms: Some(cms.clone()),
         notifier: Some(notifier.clone()),
         locations: Locations::bucket("b", None),
+        links: None,
         cms_max_attempts: 3,
         notify_retry: RetryPolicy {
             max_attempts: 1,
@@ -89,6 +90,7 @@ fn image(row: u64) -> ImageEntry {
         row,
         key: format!("product/SKU-{row}"),
         cms_id: format!("SKU-{row}"),
+        prompt: format!("Photo of product {row}"),
         object_key: format!("images/product/SKU-{row}.png"),
         path: format!("s3://b/images/product/SKU-{row}.png"),
         content_type: "image/png".into(),

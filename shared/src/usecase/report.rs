@@ -1,16 +1,18 @@
 //! The report of a completed run, assembled from the ledger in one pass over its rows in row order:
-//! `results.csv` streamed out in parts, `report.json` the bounded summary. Memory stays flat
-//! whatever the run's size.
+//! `results.csv` streamed out in parts, `report.json` the bounded summary, `report.html` the page of
+//! the first [`SHOWN`] images and failures. Memory stays flat whatever the run's size.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use crate::domain::events::{Outcome, json_object, now_ms};
-use crate::domain::locations::{Locations, keys};
+use crate::domain::locations::{Locations, Root, keys};
 use crate::domain::report::{ReportBuilder, RunReport};
+use crate::domain::report_html::{self, SHOWN, Shown};
 use crate::domain::results::{HEADER, invalid_line, outcome_line};
 use crate::domain::rows::InvalidRow;
 use crate::ports::ledger::{LedgerError, Page, RunLedger, RunRecord};
-use crate::ports::store::{ObjectStore, StoreError, Upload};
+use crate::ports::store::{NewObject, ObjectStore, StoreError, Upload};
+use crate::providers::ReferenceSigner;
 
 /// `results.csv` is sent in parts of about this size (S3 multipart parts are at least 5 MiB).
 pub const PART_BYTES: usize = 8 * 1024 * 1024;
@@ -127,11 +129,13 @@ impl<'a, L: RunLedger> RowWalk<'a, L> {
     }
 }
 
-/// Writes `runs/<run_id>/results.csv` and `runs/<run_id>/report.json` of `run`; returns the report.
+/// Writes `results.csv`, `report.json` and `report.html` under `runs/<run_id>/` of `run`; returns the
+/// report. `links` presigns the page's links to private objects (else they are `s3://` URIs).
 pub async fn write_report<L: RunLedger, S: ObjectStore>(
     ledger: &L,
     store: &S,
     locations: &Locations,
+    links: Option<&dyn ReferenceSigner>,
     run: &RunRecord,
 ) -> Result<RunReport, ReportError> {
     let totals = run.totals.clone().unwrap_or_default();
@@ -150,11 +154,13 @@ pub async fn write_report<L: RunLedger, S: ObjectStore>(
     let results_key = keys::results(&run.run_id);
     let mut upload = store.upload(&results_key, "text/csv; charset=utf-8").await?;
     let mut part = String::from(HEADER);
+    let mut shown = Shown::default();
     let mut rows = RowWalk::new(ledger, &run.run_id);
     while let Some(row) = rows.next().await? {
         match row {
             Row::Invalid(invalid) => {
                 invalid_line(&mut part, &invalid);
+                shown.invalid(&invalid);
                 builder.invalid(invalid);
             }
             Row::Outcome(outcome) => {
@@ -163,6 +169,7 @@ pub async fn write_report<L: RunLedger, S: ObjectStore>(
                     Outcome::Failed { .. } => String::new(),
                 };
                 outcome_line(&mut part, &outcome, &url);
+                shown.outcome(&outcome);
                 match outcome {
                     Outcome::Succeeded { image, cms } => {
                         if let Some(result) = cms {
@@ -191,5 +198,51 @@ pub async fn write_report<L: RunLedger, S: ObjectStore>(
         report.rows = totals.rows.max(report.invalid + report.failed);
     }
     store.put(&keys::report(&run.run_id), json_object(&report)).await?;
+    // A local page links its files relative to itself; on AWS, public URLs or presigned ones.
+    let local = matches!(locations.root, Root::Dir(_));
+    let mut urls = HashMap::with_capacity(shown.images.len().min(SHOWN));
+    for image in &shown.images {
+        let url = match &locations.public_base_url {
+            _ if local => report_html::relative_image_url(image),
+            Some(_) => locations.image_url(&image.object_key),
+            None => private_link(locations, links, &image.object_key).await,
+        };
+        urls.insert(image.object_key.clone(), url);
+    }
+    let results_link = match local {
+        true => "results.csv".to_owned(),
+        false => private_link(locations, links, &results_key).await,
+    };
+    let page = report_html::Page {
+        report: &report,
+        shown: &shown,
+        image_url: &|image| urls.get(&image.object_key).cloned().unwrap_or_default(),
+        results_link: &results_link,
+        batch_price_per_image: run.model_entry.as_ref().and_then(|m| m.batch_price_per_image),
+    };
+    put_html(store, &keys::report_html(&run.run_id), &page).await?;
     Ok(report)
+}
+
+/// A link to a private object of the bucket: presigned when `links` can sign, else its `s3://` URI.
+pub async fn private_link(locations: &Locations, links: Option<&dyn ReferenceSigner>, key: &str) -> String {
+    let uri = locations.object(key);
+    match links {
+        Some(signer) => signer.sign(&uri).await.unwrap_or_else(|error| {
+            tracing::warn!(%error, key, "cannot presign a report link; the page shows the s3:// URI");
+            uri
+        }),
+        None => uri,
+    }
+}
+
+/// Writes the page at `key` (`runs/<run_id>/report.html`).
+pub async fn put_html<S: ObjectStore>(store: &S, key: &str, page: &report_html::Page<'_>) -> Result<(), StoreError> {
+    let object = NewObject {
+        body: report_html::render(page).into(),
+        content_type: "text/html; charset=utf-8".into(),
+        cache_control: None,
+        metadata: vec![],
+    };
+    store.put(key, object).await
 }

@@ -403,6 +403,7 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
         while let Some(sent) = in_flight.next().await {
             sent?;
         }
+        crate::ports::metrics::jobs_sent(&run.provider, &run.model, &run.template, to.sent - from.sent);
         Ok((to, finished))
     }
 

@@ -383,6 +383,7 @@ async fn parts(rows: u64) -> Result<(), Error> {
     let request = ImageRequest {
         provider_model: "gemini-2.5-flash-image".into(),
         quality: None,
+        key: "product/SKU-1".into(),
         prompt: "Product photo of bench".into(),
         size: template.size,
         references: vec![],

@@ -251,6 +251,7 @@ impl Pipeline {
                 cms: run.publish.cms.clone(),
                 notifier: run.publish.notifier.clone(),
                 locations,
+                links: None,
                 cms_max_attempts: max_attempts,
                 notify_retry: run.retry,
                 notify_best_effort: true,

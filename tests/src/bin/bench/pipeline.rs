@@ -317,6 +317,7 @@ fn synthetic(row: u64) -> Option<Outcome> {
                 row,
                 key: format!("product/SKU-{row:07}"),
                 cms_id: format!("SKU-{row:07}"),
+                prompt: format!("Studio photo of product {row}, white background"),
                 object_key: format!("images/product/SKU-{row:07}.png"),
                 path: format!("s3://bench/images/product/SKU-{row:07}.png"),
                 content_type: "image/png".into(),
@@ -401,7 +402,7 @@ impl RunLedger for SyntheticLedger {
     }
 }
 
-/// Assembles report.json and results.csv of `rows` synthetic outcomes into a directory store.
+/// Assembles report.json, results.csv and report.html of `rows` synthetic outcomes into a directory store.
 pub async fn report(rows: u64) -> Result<(), Error> {
     let dir = tempfile::tempdir()?;
     let store = imagepipe::adapters::fs_store::FsObjectStore::new(dir.path());
@@ -424,7 +425,7 @@ pub async fn report(rows: u64) -> Result<(), Error> {
     });
     let locations = imagepipe::domain::locations::Locations::bucket("bench", None);
     let started = Instant::now();
-    let report = imagepipe::usecase::report::write_report(&ledger, &store, &locations, &run).await?;
+    let report = imagepipe::usecase::report::write_report(&ledger, &store, &locations, None, &run).await?;
     let wall = started.elapsed().as_secs_f64();
     assert_eq!(report.rows, rows);
     let results = std::fs::metadata(dir.path().join("runs/run-synthetic/results.csv"))?.len();
@@ -432,6 +433,7 @@ pub async fn report(rows: u64) -> Result<(), Error> {
         "{}",
         json!({"bench": "report", "rows": rows, "wall_s": wall, "results_csv_bytes": results,
                "report_json_bytes": std::fs::metadata(dir.path().join("runs/run-synthetic/report.json"))?.len(),
+               "report_html_bytes": std::fs::metadata(dir.path().join("runs/run-synthetic/report.html"))?.len(),
                "peak_rss_kib": peak_rss_kib()})
     );
     Ok(())
