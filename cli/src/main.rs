@@ -330,7 +330,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let bar = output::progress_bar(input.json);
             let interrupt = CancellationToken::new();
             watch_ctrl_c(interrupt.clone())?;
-            let report = run.run_until(|done, total| bar.update(done, total), &interrupt).await?;
+            let report = run.run_until(|run| bar.update(run), &interrupt).await?;
             bar.finish();
             output::report(&report, &report_path(&run.out_dir, &report.run_id), input.json)?;
             Ok(if interrupt.is_cancelled() {

@@ -4,7 +4,9 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use imagepipe::domain::catalog::Catalog;
+use imagepipe::domain::events::now_ms;
 use imagepipe::domain::report::RunReport;
+use imagepipe::ports::ledger::RunRecord;
 use imagepipe::usecase::plan::Plan;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -35,22 +37,25 @@ pub fn progress_bar(json: bool) -> Bar {
         return Bar(None, Some(std::sync::atomic::AtomicU64::new(0)));
     }
     let bar = ProgressBar::new(0);
-    let style = ProgressStyle::with_template("{bar:40} {pos}/{len} rows  {per_sec}  eta {eta}")
+    let style = ProgressStyle::with_template("{bar:40} {pos}/{len} rows  {msg}  {per_sec}  eta {eta}")
         .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     Bar(Some(bar), None)
 }
 
 impl Bar {
-    pub fn update(&self, done: u64, total: u64) {
+    /// Shows where `run` stands (a local run's or a deployed one's: the same ledger record).
+    pub fn update(&self, run: &RunRecord) {
+        let (done, total) = (run.recorded(), run.totals.as_ref().map_or(0, |t| t.awaited));
         if let Some(bar) = &self.0 {
             bar.set_length(total);
             bar.set_position(done);
+            bar.set_message(format!("{} failed  ${:.4} spent", run.failed, run.spend_usd));
         }
         if let Some(shown) = &self.1 {
             let tenth = (done * 10).checked_div(total).unwrap_or(10);
-            if shown.fetch_max(tenth, std::sync::atomic::Ordering::Relaxed) < tenth {
-                eprintln!("progress: {done}/{total} rows ({}%)", tenth * 10);
+            if run.totals.is_some() && shown.fetch_max(tenth, std::sync::atomic::Ordering::Relaxed) < tenth {
+                eprintln!("progress: {} ({}%)", progress_summary(run), tenth * 10);
             }
         }
     }
@@ -60,6 +65,23 @@ impl Bar {
             bar.finish_and_clear();
         }
     }
+}
+
+/// Done/total, failures, invalid rows, spend, rate and ETA of a run.
+pub fn progress_summary(run: &RunRecord) -> String {
+    let totals = run.totals.clone().unwrap_or_default();
+    let done = run.recorded();
+    let elapsed = now_ms().saturating_sub(run.started_at_ms) as f64 / 1000.0;
+    let rate = if elapsed > 0.0 { done as f64 / elapsed } else { 0.0 };
+    let eta = match run.outstanding() {
+        Some(0) => "done".to_owned(),
+        Some(left) if rate > 0.0 => format!("ETA {:.0}s", left as f64 / rate),
+        _ => "ETA -".to_owned(),
+    };
+    format!(
+        "{done}/{} done, {} failed, {} invalid, ${:.4} spent, {rate:.1}/s, {eta}",
+        totals.awaited, run.failed, totals.invalid, run.spend_usd
+    )
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {

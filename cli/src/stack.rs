@@ -10,7 +10,6 @@ use anyhow::{Context, bail};
 use imagepipe::adapters::dynamodb_ledger::DynamoLedger;
 use imagepipe::adapters::s3_store::S3ObjectStore;
 use imagepipe::domain::deployment::{DeploymentConfig, MODELS_KEY, TEMPLATES_KEY};
-use imagepipe::domain::events::now_ms;
 use imagepipe::domain::report::RunReport;
 use imagepipe::drivers::lambda::AwsClients;
 use imagepipe::ports::ledger::{RunLedger, RunRecord, RunState};
@@ -245,29 +244,13 @@ pub async fn redrive(stack: &Stack, run_id: &str, all: bool) -> anyhow::Result<u
 
 /// Progress as people read it: done/total, failed, spend, rate and ETA.
 pub fn progress_line(run: &RunRecord) -> String {
-    let totals = run.totals.clone().unwrap_or_default();
-    let done = run.recorded();
-    let elapsed = now_ms().saturating_sub(run.started_at_ms) as f64 / 1000.0;
-    let rate = if elapsed > 0.0 { done as f64 / elapsed } else { 0.0 };
-    let eta = match run.outstanding() {
-        Some(0) => "done".to_owned(),
-        Some(left) if rate > 0.0 => format!("ETA {:.0}s", left as f64 / rate),
-        _ => "ETA -".to_owned(),
-    };
     let stopped = run
         .stopped
         .as_deref()
         .map(|r| format!(", stopped: {r}"))
         .unwrap_or_default();
-    format!(
-        "{} {}: {done}/{} done, {} failed, {} invalid, ${:.4} spent, {rate:.1}/s, {eta}{stopped}",
-        run.run_id,
-        run.state.as_str(),
-        totals.awaited,
-        run.failed,
-        totals.invalid,
-        run.spend_usd
-    )
+    let summary = crate::output::progress_summary(run);
+    format!("{} {}: {summary}{stopped}", run.run_id, run.state.as_str())
 }
 
 /// The first failures of a run (from the first page of its outcomes: one read).
@@ -290,17 +273,14 @@ pub async fn first_failures(
 
 /// Polls the run until its report is written; prints a progress line when it changes.
 pub async fn wait(stack: &Stack, run_id: &str, json: bool) -> anyhow::Result<RunReport> {
-    let mut last = String::new();
+    let bar = crate::output::progress_bar(json);
     loop {
         if let Some(run) = stack.ledger.run(run_id).await? {
-            let line = progress_line(&run);
-            if line != last && !json {
-                eprintln!("{line}");
-                last = line;
-            }
+            bar.update(&run);
             if run.state == RunState::Complete
                 && let Some(report) = stack.report(run_id).await?
             {
+                bar.finish();
                 return Ok(report);
             }
         }

@@ -439,7 +439,7 @@ mod local {
         });
 
         let report = local_run(csv, dir.path().join("out"), provider.clone())
-            .run(|_, _| {})
+            .run(|_| {})
             .await
             .unwrap();
 
@@ -458,7 +458,7 @@ mod local {
         let provider = Arc::new(ScriptedProvider::default());
 
         let run = local_run(fifo, dir.path().join("out"), provider.clone());
-        let report = tokio::time::timeout(Duration::from_secs(30), run.run(|_, _| {}))
+        let report = tokio::time::timeout(Duration::from_secs(30), run.run(|_| {}))
             .await
             .expect("a FIFO does not hang the run")
             .unwrap();
@@ -481,7 +481,7 @@ mod local {
         let provider = Arc::new(ScriptedProvider::default());
 
         let error = local_run(write_csv(dir.path()), out, provider.clone())
-            .run(|_, _| {})
+            .run(|_| {})
             .await
             .unwrap_err();
 
@@ -501,7 +501,7 @@ mod local {
         let provider = Arc::new(ScriptedProvider::default());
 
         let report = local_run(write_csv(dir.path()), dir.path().join("out"), provider.clone())
-            .run(|_, _| {})
+            .run(|_| {})
             .await
             .unwrap();
 
@@ -534,7 +534,7 @@ mod local {
         let provider = Arc::new(ScriptedProvider::default().on("mug", script));
 
         let report = local_run(write_csv(dir.path()), dir.path().join("out"), provider)
-            .run(|_, _| {})
+            .run(|_| {})
             .await
             .unwrap();
 
@@ -587,7 +587,7 @@ mod local {
         });
         let run = local_run(dir.path().join("in.csv"), dir.path().join("out"), provider);
 
-        let report = run.run_until(|_, _| {}, &interrupt).await.unwrap();
+        let report = run.run_until(|_| {}, &interrupt).await.unwrap();
 
         assert_eq!((report.rows, report.succeeded, report.failed), (3, 1, 2));
         let reasons: Vec<&str> = report.failures.iter().map(|f| f.reason.as_str()).collect();

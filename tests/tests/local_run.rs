@@ -38,7 +38,7 @@ fn local_run(dir: &Path, csv: &[u8], provider: Arc<ScriptedProvider>, max_attemp
 }
 
 async fn run(run: &LocalRun) -> RunReport {
-    run.run(|_, _| {}).await.expect("run finishes")
+    run.run(|_| {}).await.expect("run finishes")
 }
 
 fn unavailable() -> ProviderError {
@@ -219,7 +219,7 @@ async fn whole_file_problems_stop_before_anything_is_generated() {
         let dir = tempfile::tempdir().unwrap();
         let provider = Arc::new(ScriptedProvider::default());
         let err: RunError = local_run(dir.path(), csv, provider.clone(), 3)
-            .run(|_, _| {})
+            .run(|_| {})
             .await
             .unwrap_err();
         assert!(err.to_string().contains(expected), "{err} should contain {expected}");

@@ -78,7 +78,7 @@ async fn each_success_is_patched_into_the_cms_and_slack_gets_start_and_completio
         &slack,
         ScriptedProvider::default().on("bowl", Script::Always(refusal)),
     )
-    .run(|_, _| {})
+    .run(|_| {})
     .await
     .unwrap();
 
@@ -145,7 +145,7 @@ async fn cms_outages_are_retried_and_lasting_failures_are_reported_without_secre
         .await;
     let dir = tempfile::tempdir().unwrap();
     let report = local_run(dir.path(), &cms, &slack, ScriptedProvider::default())
-        .run(|_, _| {})
+        .run(|_| {})
         .await
         .unwrap();
 
@@ -194,7 +194,7 @@ async fn the_cms_gets_the_templates_cms_id_not_the_image_key() {
         .unwrap()
         .clone();
 
-    let report = run.run(|_, _| {}).await.unwrap();
+    let report = run.run(|_| {}).await.unwrap();
 
     assert_eq!((report.succeeded, report.cms_updated, report.cms_failed), (1, 1, 0));
 }

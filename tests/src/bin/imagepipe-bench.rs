@@ -146,7 +146,7 @@ async fn local(latency_ms: u64, concurrency: usize, rows: u64) -> Result<(), Err
         publish: Publishing::default(),
     };
     let (cpu, started) = (cpu_time(), Instant::now());
-    let report = run.run(|_, _| {}).await?;
+    let report = run.run(|_| {}).await?;
     let wall = started.elapsed().as_secs_f64();
     let cpu = (cpu_time() - cpu).as_secs_f64();
     assert_eq!(report.succeeded, rows, "every image made");

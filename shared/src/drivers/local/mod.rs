@@ -26,7 +26,7 @@ use crate::domain::locations::{Locations, keys};
 use crate::domain::report::{FailureEntry, RunReport};
 use crate::domain::retry::RetryPolicy;
 use crate::domain::template::Template;
-use crate::ports::ledger::{RunLedger, RunState};
+use crate::ports::ledger::{RunLedger, RunRecord, RunState};
 use crate::ports::queue::MessageQueue;
 use crate::ports::store::{NewObject, ObjectStore};
 use crate::providers::{ImageProvider, ReferenceSigner};
@@ -118,9 +118,9 @@ impl LocalRun {
         Locations::dir(&self.out_dir, self.publish.public_base_url.clone())
     }
 
-    /// Runs the pipeline and writes `<out>/runs/<run_id>/report.json`; `progress` is called with
-    /// (rows done, rows to do) as rows finish.
-    pub async fn run(&self, progress: impl Fn(u64, u64)) -> Result<RunReport, RunError> {
+    /// Runs the pipeline and writes `<out>/runs/<run_id>/report.json`; `progress` is shown the run's
+    /// ledger record (done, failed, spend) as rows finish.
+    pub async fn run(&self, progress: impl Fn(&RunRecord)) -> Result<RunReport, RunError> {
         self.run_until(progress, &CancellationToken::new()).await
     }
 
@@ -129,7 +129,7 @@ impl LocalRun {
     /// abandoned, every row not done is a failure saying so, and the report says the run stopped.
     pub async fn run_until(
         &self,
-        progress: impl Fn(u64, u64),
+        progress: impl Fn(&RunRecord),
         interrupt: &CancellationToken,
     ) -> Result<RunReport, RunError> {
         let (plan, snapshot, digest) = self.plan_with_snapshot()?;
@@ -393,15 +393,15 @@ impl Pipeline {
     async fn watch(
         &self,
         run_id: &str,
-        progress: &impl Fn(u64, u64),
+        progress: &impl Fn(&RunRecord),
         interrupt: &CancellationToken,
         abandon: &CancellationToken,
     ) {
         let mut interrupted_at = None;
         loop {
             if let Ok(Some(run)) = self.ledger.run(run_id).await {
-                if let Some(totals) = run.totals.as_ref().filter(|t| t.rejected.is_none()) {
-                    progress(run.recorded(), totals.awaited);
+                if run.totals.as_ref().is_some_and(|t| t.rejected.is_none()) {
+                    progress(&run);
                 }
                 if run.state == RunState::Complete {
                     return;
