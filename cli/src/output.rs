@@ -221,13 +221,9 @@ pub fn report(report: &RunReport, path: &Path, json: bool) -> anyhow::Result<()>
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{}: {}/{} succeeded, {} failed, {} invalid ({} reused) in {:.1}s",
+        "{}: {} in {:.1}s",
         report.run_id,
-        report.succeeded,
-        report.rows,
-        report.failed,
-        report.invalid,
-        report.reused,
+        report.counts(),
         report.duration_secs
     )?;
     writeln!(

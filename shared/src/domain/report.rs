@@ -131,6 +131,16 @@ pub struct RunReport {
     pub rejected: Option<String>,
 }
 
+impl RunReport {
+    /// `N/M succeeded, K failed, I invalid (R reused)`: the counts every summary starts with.
+    pub fn counts(&self) -> String {
+        format!(
+            "{}/{} succeeded, {} failed, {} invalid ({} reused)",
+            self.succeeded, self.rows, self.failed, self.invalid, self.reused
+        )
+    }
+}
+
 /// Collects outcomes as they arrive, in any order, and produces a consistent report. Keeps the
 /// counts, the reason groups and the first [`LISTED`] entries of each list: bounded memory.
 #[derive(Debug)]

@@ -29,14 +29,9 @@ pub fn completion_message(report: &RunReport, report_location: &str) -> String {
         "finished"
     };
     let mut text = format!(
-        "*imagepipe* run `{}` {what}: {}/{} succeeded, {} failed, {} invalid ({} reused). \
-         Cost ${:.2} (estimated ${:.2}), {:.0}s.",
+        "*imagepipe* run `{}` {what}: {}. Cost ${:.2} (estimated ${:.2}), {:.0}s.",
         report.run_id,
-        report.succeeded,
-        report.rows,
-        report.failed,
-        report.invalid,
-        report.reused,
+        report.counts(),
         report.actual_cost_usd,
         report.estimated_cost_usd,
         report.duration_secs
