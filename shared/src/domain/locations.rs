@@ -52,11 +52,6 @@ impl Locations {
             None => self.object(object_key),
         }
     }
-
-    /// Where a run's report is.
-    pub fn report(&self, run_id: &str) -> String {
-        self.object(&keys::report(run_id))
-    }
 }
 
 /// Keys of a run's objects in the store.
@@ -89,6 +84,6 @@ mod tests {
         assert_eq!(at.image_url("images/t/a.png"), "https://cdn.example/images/t/a.png");
         let local = Locations::dir("out", None);
         assert_eq!(local.image_url("images/t/a.png"), "out/images/t/a.png");
-        assert_eq!(local.report("r1"), "out/runs/r1/report.json");
+        assert_eq!(local.object(&keys::report("r1")), "out/runs/r1/report.json");
     }
 }
