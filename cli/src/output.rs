@@ -50,7 +50,7 @@ impl Bar {
         if let Some(bar) = &self.0 {
             bar.set_length(total);
             bar.set_position(done);
-            bar.set_message(format!("{} failed  ${:.4} spent", run.failed, run.spend_usd));
+            bar.set_message(format!("{} failed  ${:.4} spent", run.counts.failed, run.counts.spend_usd));
         }
         if let Some(shown) = &self.1 {
             let tenth = (done * 10).checked_div(total).unwrap_or(10);
@@ -80,7 +80,7 @@ pub fn progress_summary(run: &RunRecord) -> String {
     };
     format!(
         "{done}/{} done, {} failed, {} invalid, ${:.4} spent, {rate:.1}/s, {eta}",
-        totals.awaited, run.failed, totals.invalid, run.spend_usd
+        totals.awaited, run.counts.failed, totals.invalid, run.counts.spend_usd
     )
 }
 

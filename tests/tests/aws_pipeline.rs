@@ -18,7 +18,7 @@ use imagepipe::domain::retry::RetryPolicy;
 use imagepipe::domain::rows::InvalidRow;
 use imagepipe::drivers::config::Config;
 use imagepipe::drivers::lambda::AwsClients;
-use imagepipe::ports::ledger::{Checkpoint, RunLedger, RunRecord, SplitTotals};
+use imagepipe::ports::ledger::{Advance, Checkpoint, RunLedger, RunRecord, SplitTotals};
 use imagepipe::providers::ProviderError;
 use imagepipe::providers::testing::{Script, ScriptedProvider};
 use imagepipe::usecase::deliver::Providers;
@@ -656,7 +656,14 @@ async fn the_sample_finalizer_batch_records_each_outcome_once_and_completes_its_
     let start = Checkpoint::default();
     assert!(
         ledger
-            .advance(run_id, start, Checkpoint { sent: 3, ..start }, true)
+            .advance(
+                run_id,
+                Advance {
+                    from: start,
+                    to: Checkpoint { sent: 3, ..start },
+                    finished: true
+                }
+            )
             .await
             .unwrap()
     );

@@ -399,7 +399,7 @@ async fn the_deployed_stack_runs_uploads_and_schedules_end_to_end() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        (run.state, run.succeeded, run.failed, run.checkpoint.sent),
+        (run.state, run.counts.succeeded, run.counts.failed, run.checkpoint.sent),
         (imagepipe::ports::ledger::RunState::Complete, 4, 1, 5)
     );
 

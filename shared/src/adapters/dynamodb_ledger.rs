@@ -20,7 +20,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, ReturnValue, Transact
 use crate::domain::events::Outcome;
 use crate::domain::rows::InvalidRow;
 use crate::ports::ledger::{
-    Action, Checkpoint, LedgerError, PAGE_ROWS, Page, RunLedger, RunRecord, RunState, SplitTotals, Tally,
+    Action, Advance, Checkpoint, Claim, LedgerError, PAGE_ROWS, Page, RunLedger, RunRecord, RunState, SplitTotals,
+    Tally,
 };
 
 /// A transaction holds at most 100 items: 99 outcomes and the run record.
@@ -145,16 +146,16 @@ impl DynamoLedger {
             ("cp_offset", run.checkpoint.offset),
             ("cp_rows", run.checkpoint.rows_read),
             ("cp_sent", run.checkpoint.sent),
-            ("succeeded", run.succeeded),
-            ("failed", run.failed),
-            ("reused", run.reused),
+            ("succeeded", run.counts.succeeded),
+            ("failed", run.counts.failed),
+            ("reused", run.counts.reused),
             ("recorded", run.recorded()),
-            ("cms_updated", run.cms_updated),
-            ("cms_failed", run.cms_failed),
+            ("cms_updated", run.counts.cms_updated),
+            ("cms_failed", run.counts.cms_failed),
         ] {
             item.insert(name.into(), n(value));
         }
-        item.insert("spend".into(), n(run.spend_usd));
+        item.insert("spend".into(), n(run.counts.spend_usd));
         item.insert("expires_at".into(), self.expires_at(run.started_at_ms));
         item
     }
@@ -342,12 +343,14 @@ fn parse_record(item: &Item) -> Result<RunRecord, LedgerError> {
             rows_read: get_n(item, "cp_rows"),
             sent: get_n(item, "cp_sent"),
         },
-        succeeded: get_n(item, "succeeded"),
-        failed: get_n(item, "failed"),
-        reused: get_n(item, "reused"),
-        spend_usd: get_n(item, "spend"),
-        cms_updated: get_n(item, "cms_updated"),
-        cms_failed: get_n(item, "cms_failed"),
+        counts: Tally {
+            succeeded: get_n(item, "succeeded"),
+            failed: get_n(item, "failed"),
+            reused: get_n(item, "reused"),
+            spend_usd: get_n(item, "spend"),
+            cms_updated: get_n(item, "cms_updated"),
+            cms_failed: get_n(item, "cms_failed"),
+        },
         updated_at_ms: get_n(item, "updated_at"),
         started_announced: item.contains_key("start_done"),
         stopped: item.get("stopped").and_then(|v| v.as_s().ok()).cloned(),
@@ -433,13 +436,8 @@ impl RunLedger for DynamoLedger {
     }
 
     #[tracing::instrument(skip(self))]
-    async fn advance(
-        &self,
-        run_id: &str,
-        from: Checkpoint,
-        to: Checkpoint,
-        finished: bool,
-    ) -> Result<bool, LedgerError> {
+    async fn advance(&self, run_id: &str, step: Advance) -> Result<bool, LedgerError> {
+        let Advance { from, to, finished } = step;
         let mut update = "SET #cp_offset = :o, #cp_rows = :r, #cp_sent = :s, #updated_at = :now".to_owned();
         if finished {
             update.push_str(", #state = :running");
@@ -602,13 +600,12 @@ impl RunLedger for DynamoLedger {
     }
 
     #[tracing::instrument(skip(self))]
-    async fn claim(
-        &self,
-        run_id: &str,
-        action: Action,
-        now_ms: u64,
-        until_ms: u64,
-    ) -> Result<Option<RunRecord>, LedgerError> {
+    async fn claim(&self, run_id: &str, claim: Claim) -> Result<Option<RunRecord>, LedgerError> {
+        let Claim {
+            action,
+            now_ms,
+            until_ms,
+        } = claim;
         let claim = action_attr(action);
         let free = format!("(attribute_not_exists(#{claim}) OR #{claim} < :now)");
         let mut values = HashMap::from([(":now".to_owned(), n(now_ms)), (":until".to_owned(), n(until_ms))]);

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::domain::events::Outcome;
 use crate::domain::rows::InvalidRow;
 use crate::ports::ledger::{
-    Action, Checkpoint, LedgerError, PAGE_ROWS, Page, RunLedger, RunRecord, RunState, SplitTotals, Tally,
+    Action, Advance, Claim, LedgerError, PAGE_ROWS, Page, RunLedger, RunRecord, RunState, SplitTotals, Tally,
 };
 
 #[derive(Debug, Default)]
@@ -98,13 +98,8 @@ impl RunLedger for MemoryLedger {
         })
     }
 
-    async fn advance(
-        &self,
-        run_id: &str,
-        from: Checkpoint,
-        to: Checkpoint,
-        finished: bool,
-    ) -> Result<bool, LedgerError> {
+    async fn advance(&self, run_id: &str, step: Advance) -> Result<bool, LedgerError> {
+        let Advance { from, to, finished } = step;
         self.with_run(run_id, |record, _| {
             if record.checkpoint != from || record.state != RunState::Splitting {
                 return Ok(false);
@@ -136,7 +131,7 @@ impl RunLedger for MemoryLedger {
                     new.push(outcome.clone());
                 }
             }
-            Tally::of(&new).apply(record);
+            record.counts += Tally::of(&new);
             record.updated_at_ms = crate::domain::events::now_ms();
             Ok(new)
         })
@@ -152,13 +147,12 @@ impl RunLedger for MemoryLedger {
         self.with_run(run_id, |_, run| Ok(run.outcomes.get(&row).cloned()))
     }
 
-    async fn claim(
-        &self,
-        run_id: &str,
-        action: Action,
-        now_ms: u64,
-        until_ms: u64,
-    ) -> Result<Option<RunRecord>, LedgerError> {
+    async fn claim(&self, run_id: &str, claim: Claim) -> Result<Option<RunRecord>, LedgerError> {
+        let Claim {
+            action,
+            now_ms,
+            until_ms,
+        } = claim;
         self.with_run(run_id, |record, run| {
             let due = match action {
                 Action::Split => record.state == RunState::Splitting,
@@ -221,7 +215,7 @@ impl RunLedger for MemoryLedger {
 
     async fn stop_over_budget(&self, run_id: &str, cap_usd: f64, reason: &str) -> Result<bool, LedgerError> {
         self.with_run(run_id, |record, _| {
-            if record.stopped.is_some() || record.spend_usd < cap_usd {
+            if record.stopped.is_some() || record.counts.spend_usd < cap_usd {
                 return Ok(false);
             }
             record.stopped = Some(reason.to_owned());
@@ -235,7 +229,7 @@ impl RunLedger for MemoryLedger {
             for row in rows {
                 if let Some(Outcome::Failed { .. }) = run.outcomes.get(row) {
                     run.outcomes.remove(row);
-                    record.failed -= 1;
+                    record.counts.failed -= 1;
                     reopened.push(*row);
                 }
             }
@@ -311,15 +305,9 @@ impl<L: RunLedger> RunLedger for FailingLedger<L> {
         self.check()?;
         self.inner.set_totals(run_id, totals).await
     }
-    async fn advance(
-        &self,
-        run_id: &str,
-        from: Checkpoint,
-        to: Checkpoint,
-        finished: bool,
-    ) -> Result<bool, LedgerError> {
+    async fn advance(&self, run_id: &str, step: Advance) -> Result<bool, LedgerError> {
         self.check()?;
-        self.inner.advance(run_id, from, to, finished).await
+        self.inner.advance(run_id, step).await
     }
     async fn record_invalid(&self, run_id: &str, rows: &[InvalidRow]) -> Result<(), LedgerError> {
         self.check()?;
@@ -337,15 +325,9 @@ impl<L: RunLedger> RunLedger for FailingLedger<L> {
         self.check()?;
         self.inner.outcome(run_id, row).await
     }
-    async fn claim(
-        &self,
-        run_id: &str,
-        action: Action,
-        now_ms: u64,
-        until_ms: u64,
-    ) -> Result<Option<RunRecord>, LedgerError> {
+    async fn claim(&self, run_id: &str, claim: Claim) -> Result<Option<RunRecord>, LedgerError> {
         self.check()?;
-        self.inner.claim(run_id, action, now_ms, until_ms).await
+        self.inner.claim(run_id, claim).await
     }
     async fn release(&self, run_id: &str, action: Action) -> Result<(), LedgerError> {
         self.check()?;

@@ -57,6 +57,35 @@ pub struct Checkpoint {
     pub sent: u64,
 }
 
+/// A claim on a run's action, held from `now_ms` until `until_ms` (Unix milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub action: Action,
+    pub now_ms: u64,
+    pub until_ms: u64,
+}
+
+impl Claim {
+    /// A claim on `action` from now until `until_ms`.
+    pub fn until(action: Action, until_ms: u64) -> Self {
+        Self {
+            action,
+            now_ms: crate::domain::events::now_ms(),
+            until_ms,
+        }
+    }
+}
+
+/// One move of the splitter's checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Advance {
+    /// Where the checkpoint must be for the move to happen.
+    pub from: Checkpoint,
+    pub to: Checkpoint,
+    /// The whole file is sent: the run leaves `Splitting`.
+    pub finished: bool,
+}
+
 /// What the splitter learned from the whole file before sending anything.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SplitTotals {
@@ -94,12 +123,9 @@ pub struct RunRecord {
     /// Known once the whole file was read; `None` before.
     pub totals: Option<SplitTotals>,
     pub checkpoint: Checkpoint,
-    pub succeeded: u64,
-    pub failed: u64,
-    pub reused: u64,
-    pub spend_usd: f64,
-    pub cms_updated: u64,
-    pub cms_failed: u64,
+    /// What the recorded outcomes add up to.
+    #[serde(flatten)]
+    pub counts: Tally,
     /// Unix milliseconds of the last change (an outcome, a checkpoint).
     pub updated_at_ms: u64,
     /// Whether the start message has been sent (or was not needed).
@@ -137,12 +163,7 @@ impl RunRecord {
             state: RunState::Splitting,
             totals: None,
             checkpoint: Checkpoint::default(),
-            succeeded: 0,
-            failed: 0,
-            reused: 0,
-            spend_usd: 0.0,
-            cms_updated: 0,
-            cms_failed: 0,
+            counts: Tally::default(),
             updated_at_ms: now_ms,
             started_announced: false,
             completed_at_ms: None,
@@ -159,7 +180,7 @@ impl RunRecord {
 
     /// Rows with a recorded outcome.
     pub fn recorded(&self) -> u64 {
-        self.succeeded + self.failed
+        self.counts.succeeded + self.counts.failed
     }
 
     /// Outcomes still awaited; `None` while the split is unfinished.
@@ -195,7 +216,7 @@ pub enum Action {
 }
 
 /// The counters an outcome moves.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Tally {
     pub succeeded: u64,
     pub failed: u64,
@@ -227,14 +248,16 @@ impl Tally {
         tally
     }
 
-    /// Adds these counters to `run`.
-    pub fn apply(&self, run: &mut RunRecord) {
-        run.succeeded += self.succeeded;
-        run.failed += self.failed;
-        run.reused += self.reused;
-        run.spend_usd += self.spend_usd;
-        run.cms_updated += self.cms_updated;
-        run.cms_failed += self.cms_failed;
+}
+
+impl std::ops::AddAssign for Tally {
+    fn add_assign(&mut self, other: Self) {
+        self.succeeded += other.succeeded;
+        self.failed += other.failed;
+        self.reused += other.reused;
+        self.spend_usd += other.spend_usd;
+        self.cms_updated += other.cms_updated;
+        self.cms_failed += other.cms_failed;
     }
 }
 
@@ -271,15 +294,9 @@ pub trait RunLedger: Send + Sync {
     /// Records the totals of the whole file (once, while splitting).
     fn set_totals(&self, run_id: &str, totals: &SplitTotals) -> impl Future<Output = Result<(), LedgerError>> + Send;
 
-    /// Moves the checkpoint from `from` to `to`; `false` (nothing changed) when it is no longer at
-    /// `from` (a duplicate continuation). With `finished`, the run leaves `Splitting`.
-    fn advance(
-        &self,
-        run_id: &str,
-        from: Checkpoint,
-        to: Checkpoint,
-        finished: bool,
-    ) -> impl Future<Output = Result<bool, LedgerError>> + Send;
+    /// Moves the checkpoint as `step` says; `false` (nothing changed) when it is no longer at
+    /// `step.from` (a duplicate continuation).
+    fn advance(&self, run_id: &str, step: Advance) -> impl Future<Output = Result<bool, LedgerError>> + Send;
 
     /// Keeps invalid rows (idempotent: the same row written twice is one row).
     fn record_invalid(&self, run_id: &str, rows: &[InvalidRow])
@@ -299,15 +316,9 @@ pub trait RunLedger: Send + Sync {
     /// The outcome recorded for `row`, if any.
     fn outcome(&self, run_id: &str, row: u64) -> impl Future<Output = Result<Option<Outcome>, LedgerError>> + Send;
 
-    /// Claims `action` until `until_ms` when it is due, not done, and any earlier claim has expired;
+    /// Claims `claim.action` until `claim.until_ms` when it is due, not done, and any earlier claim has expired;
     /// returns the run record as claimed, `None` when the claim is not to be had now.
-    fn claim(
-        &self,
-        run_id: &str,
-        action: Action,
-        now_ms: u64,
-        until_ms: u64,
-    ) -> impl Future<Output = Result<Option<RunRecord>, LedgerError>> + Send;
+    fn claim(&self, run_id: &str, claim: Claim) -> impl Future<Output = Result<Option<RunRecord>, LedgerError>> + Send;
 
     /// Gives a claim back (its holder failed), so the next try need not wait for it to expire.
     fn release(&self, run_id: &str, action: Action) -> impl Future<Output = Result<(), LedgerError>> + Send;

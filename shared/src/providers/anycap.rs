@@ -31,11 +31,6 @@ impl AnyCapProvider {
 
 #[async_trait::async_trait]
 impl ImageProvider for AnyCapProvider {
-    fn name(&self) -> &str {
-        NAME
-    }
-
-    #[tracing::instrument(skip_all, fields(model = %request.provider_model))]
     async fn generate(&self, request: &ImageRequest) -> Result<ProviderImage, ProviderError> {
         let dir = tempfile_dir()?;
         let target = dir.join("image");
@@ -76,6 +71,10 @@ impl ImageProvider for AnyCapProvider {
         };
         let _ = tokio::fs::remove_dir_all(&dir).await;
         result
+    }
+
+    fn name(&self) -> &str {
+        NAME
     }
 }
 

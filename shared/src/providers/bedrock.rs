@@ -84,11 +84,6 @@ fn multiple_of_16(size: ImageSize) -> ImageSize {
 
 #[async_trait::async_trait]
 impl ImageProvider for BedrockProvider {
-    fn name(&self) -> &str {
-        NAME
-    }
-
-    #[tracing::instrument(skip_all, fields(model = %request.provider_model))]
     async fn generate(&self, request: &ImageRequest) -> Result<ProviderImage, ProviderError> {
         let body = serde_json::to_vec(&invoke_body(request)).unwrap_or_default();
         let call = self
@@ -114,6 +109,10 @@ impl ImageProvider for BedrockProvider {
             request_id,
             usage: Default::default(),
         })
+    }
+
+    fn name(&self) -> &str {
+        NAME
     }
 }
 

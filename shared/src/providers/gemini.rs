@@ -83,11 +83,6 @@ fn image_size(size: ImageSize) -> &'static str {
 
 #[async_trait::async_trait]
 impl ImageProvider for GeminiProvider {
-    fn name(&self) -> &str {
-        NAME
-    }
-
-    #[tracing::instrument(skip_all, fields(model = %request.provider_model))]
     async fn generate(&self, request: &ImageRequest) -> Result<ProviderImage, ProviderError> {
         let url = self
             .api
@@ -103,6 +98,10 @@ impl ImageProvider for GeminiProvider {
             .send()
             .await;
         parse_image(&read_response(NAME, response, self.api.api_key()).await?)
+    }
+
+    fn name(&self) -> &str {
+        NAME
     }
 }
 

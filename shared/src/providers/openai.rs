@@ -97,11 +97,6 @@ pub fn openai_size(size: ImageSize) -> &'static str {
 
 #[async_trait::async_trait]
 impl ImageProvider for OpenAiProvider {
-    fn name(&self) -> &str {
-        NAME
-    }
-
-    #[tracing::instrument(skip_all, fields(model = %request.provider_model))]
     async fn generate(&self, request: &ImageRequest) -> Result<ProviderImage, ProviderError> {
         if !request.references.is_empty() {
             return self.edit(request).await;
@@ -118,5 +113,9 @@ impl ImageProvider for OpenAiProvider {
         }
         let post = self.api.client.post(self.api.url("/v1/images/generations")).json(&body);
         self.send(post, request).await
+    }
+
+    fn name(&self) -> &str {
+        NAME
     }
 }

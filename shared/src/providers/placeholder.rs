@@ -15,10 +15,6 @@ pub struct PlaceholderProvider;
 
 #[async_trait::async_trait]
 impl ImageProvider for PlaceholderProvider {
-    fn name(&self) -> &str {
-        NAME
-    }
-
     async fn generate(&self, request: &ImageRequest) -> Result<ProviderImage, ProviderError> {
         let mut seed = Sha256::new();
         seed.update(request.prompt.as_bytes());
@@ -40,6 +36,10 @@ impl ImageProvider for PlaceholderProvider {
             request_id: None,
             usage: Default::default(),
         })
+    }
+
+    fn name(&self) -> &str {
+        NAME
     }
 }
 

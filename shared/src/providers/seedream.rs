@@ -28,11 +28,6 @@ impl super::HttpProvider for SeedreamProvider {
 
 #[async_trait::async_trait]
 impl ImageProvider for SeedreamProvider {
-    fn name(&self) -> &str {
-        NAME
-    }
-
-    #[tracing::instrument(skip_all, fields(model = %request.provider_model))]
     async fn generate(&self, request: &ImageRequest) -> Result<ProviderImage, ProviderError> {
         let mut body = json!({
             "model": request.provider_model,
@@ -76,5 +71,9 @@ impl ImageProvider for SeedreamProvider {
             request_id: None,
             usage: Default::default(),
         })
+    }
+
+    fn name(&self) -> &str {
+        NAME
     }
 }

@@ -18,7 +18,8 @@ use crate::ports::ledger::RunLedger;
 use crate::ports::queue::MessageQueue;
 use crate::ports::store::ObjectStore;
 use crate::providers::{self, ImageProvider, ReferenceSigner};
-use crate::usecase::generate::{self, Generated, JobError};
+use crate::usecase::Error;
+use crate::usecase::generate::{self, Generated};
 use crate::usecase::lease::{acquire, release};
 use crate::usecase::stops::RunStops;
 
@@ -107,9 +108,7 @@ impl<S: ObjectStore, E: MessageQueue, L: RunLedger> Generator<S, E, L> {
         };
         let mut provider_name = String::from("none");
         let result = if let Some(reason) = self.stops.reason(&job.run_id).await {
-            Err(JobError::Invalid(format!(
-                "not attempted: the run was stopped ({reason})"
-            )))
+            Err(Error::Input(format!("not attempted: the run was stopped ({reason})")))
         } else {
             match self.model_and_provider(job).await {
                 Ok((model, provider)) => {
@@ -192,7 +191,7 @@ impl<S: ObjectStore, E: MessageQueue, L: RunLedger> Generator<S, E, L> {
         model: &ModelInfo,
         provider: &dyn ImageProvider,
         timeout: Duration,
-    ) -> Result<Option<Generated>, JobError> {
+    ) -> Result<Option<Generated>, Error> {
         if let Some(existing) = generate::existing_image(&self.store, job).await? {
             return Ok(Some(existing));
         }
@@ -219,7 +218,7 @@ impl<S: ObjectStore, E: MessageQueue, L: RunLedger> Generator<S, E, L> {
         generated.map(Some)
     }
 
-    async fn model_and_provider(&self, job: &Job) -> Result<(ModelInfo, Arc<dyn ImageProvider>), JobError> {
+    async fn model_and_provider(&self, job: &Job) -> Result<(ModelInfo, Arc<dyn ImageProvider>), Error> {
         // The run's own model entry (it may come from the deployment's models file), else the built-in one.
         let model = match self.stops.model(&job.run_id).await {
             Some(model) => model,

@@ -4,15 +4,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::Error;
 use crate::domain::catalog::ModelInfo;
-use crate::domain::image_format::{self, ImageFormat, NotAnImage};
+use crate::domain::image_format::{self, ImageFormat};
 use crate::domain::job::Job;
 use crate::domain::report::ImageEntry;
 use crate::ports::store::{IMAGE_CACHE_CONTROL, NewObject, ObjectStore, PutOutcome, StoreError, image_key};
 use crate::providers::http::MAX_IMAGE_BYTES;
 use crate::providers::{
-    ImageProvider, ImageRequest, ProviderError, ReferenceSigner, check_reference_buckets, reference_buckets_from_env,
-    sign_references,
+    ImageProvider, ImageRequest, ReferenceSigner, check_reference_buckets, reference_buckets_from_env, sign_references,
 };
 
 /// A job's image is in the store.
@@ -56,47 +56,6 @@ impl Generated {
     }
 }
 
-/// Why a job did not produce an image.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum JobError {
-    #[error(transparent)]
-    Provider(#[from] ProviderError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    NotAnImage(#[from] NotAnImage),
-    #[error(transparent)]
-    UnknownModel(#[from] crate::domain::catalog::UnknownModel),
-    #[error(transparent)]
-    Setup(#[from] crate::providers::ProviderSetupError),
-    #[error("{0}")]
-    Invalid(String),
-}
-
-impl JobError {
-    /// Whether trying again later can succeed.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            Self::Provider(e) => e.is_retryable(),
-            Self::Store(e) => e.is_retryable(),
-            Self::NotAnImage(_) | Self::UnknownModel(_) | Self::Setup(_) | Self::Invalid(_) => false,
-        }
-    }
-
-    /// The wait the provider asked for.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Self::Provider(e) => e.retry_after(),
-            _ => None,
-        }
-    }
-
-    /// Whether no further job of the run can succeed (bad credentials).
-    pub fn stops_run(&self) -> bool {
-        matches!(self, Self::Provider(e) if e.stops_run())
-    }
-}
-
 /// Calls the provider for `job`'s image, checks it is one, and writes it create-if-absent; the
 /// caller has made sure it does not exist yet.
 #[tracing::instrument(skip_all, fields(run_id = %job.run_id, row = job.row, key = %job.key))]
@@ -107,22 +66,21 @@ pub async fn generate_new<S: ObjectStore>(
     provider: &dyn ImageProvider,
     signer: Option<&dyn ReferenceSigner>,
     timeout: Duration,
-) -> Result<Generated, JobError> {
-    check_reference_buckets(&job.references, &reference_buckets_from_env()).map_err(JobError::Invalid)?;
+) -> Result<Generated, Error> {
+    check_reference_buckets(&job.references, &reference_buckets_from_env()).map_err(Error::Input)?;
     let request = ImageRequest {
         provider_model: model.provider_model.clone(),
         quality: model.quality.clone(),
         key: job.key.to_string(),
         prompt: job.prompt.clone(),
         size: job.size,
-        references: sign_references(&job.references, signer)
-            .await
-            .map_err(JobError::Invalid)?,
+        references: sign_references(&job.references, signer).await.map_err(Error::Input)?,
         seed: job.seed(),
         timeout,
     };
     let called = std::time::Instant::now();
-    let image = provider.generate(&request).await;
+    let span = tracing::info_span!("provider", provider = provider.name(), model = %request.provider_model);
+    let image = tracing::Instrument::instrument(provider.generate(&request), span).await;
     crate::ports::metrics::provider_call(job, provider.name(), called.elapsed());
     let image = image?;
     let info = image_format::inspect(&image.bytes)?;

@@ -4,8 +4,9 @@ use std::io::Read;
 
 use serde::Serialize;
 
+use super::Error;
 use crate::domain::aws_cost::{AwsCost, AwsUsage, aws_cost};
-use crate::domain::catalog::{COST_TABLE_SIZES, Catalog, CostLine, UnknownModel};
+use crate::domain::catalog::{COST_TABLE_SIZES, Catalog, CostLine};
 use crate::domain::rows::{CsvError, InvalidRow, RowOutcome, RowReader};
 use crate::domain::template::{ImageSize, Template};
 
@@ -38,15 +39,6 @@ pub struct Plan {
     pub aws_usage: AwsUsage,
 }
 
-/// Why a plan could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum PlanError {
-    #[error(transparent)]
-    Csv(#[from] CsvError),
-    #[error(transparent)]
-    UnknownModel(#[from] UnknownModel),
-}
-
 /// Reads `input` (named `file`) with `template`, pricing it for `model` (default: the template's).
 pub fn plan_csv<R: Read>(
     input: R,
@@ -54,7 +46,7 @@ pub fn plan_csv<R: Read>(
     template: &Template,
     model: Option<&str>,
     catalog: &Catalog,
-) -> Result<Plan, PlanError> {
+) -> Result<Plan, Error> {
     let model = model.unwrap_or(&template.model);
     let info = catalog.model(model)?;
     let mut reader = RowReader::open(input, file, template)?;

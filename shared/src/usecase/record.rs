@@ -15,7 +15,7 @@ use crate::domain::events::{FinalizerInput, Outcome, PipelineEvent, now_ms};
 use crate::domain::locations::Locations;
 use crate::domain::report::FailureEntry;
 use crate::domain::retry::RetryPolicy;
-use crate::ports::ledger::{Action, LedgerError, RunLedger, RunRecord, RunState};
+use crate::ports::ledger::{Action, Claim, LedgerError, RunLedger, RunRecord, RunState};
 use crate::ports::publish::{Cms, Notifier};
 use crate::ports::store::ObjectStore;
 use crate::usecase::messages::{completion_message, notify, start_message};
@@ -229,7 +229,7 @@ impl<L: RunLedger, S: ObjectStore, C: Cms, N: Notifier> Recorder<L, S, C, N> {
     /// Posts the start message once the run is split (skipped for a rejected run or without a notifier).
     pub async fn announce_start(&self, run_id: &str, deadline_ms: u64) -> Result<(), TryLater> {
         let until = deadline_ms + CLAIM_MARGIN.as_millis() as u64;
-        let Some(run) = self.ledger.claim(run_id, Action::Start, now_ms(), until).await? else {
+        let Some(run) = self.ledger.claim(run_id, Claim::until(Action::Start, until)).await? else {
             return Ok(());
         };
         let totals = run.totals.clone().unwrap_or_default();
@@ -258,7 +258,11 @@ impl<L: RunLedger, S: ObjectStore, C: Cms, N: Notifier> Recorder<L, S, C, N> {
     /// Completes the run if every awaited outcome is recorded and no other finalizer holds the claim.
     pub async fn try_complete(&self, run_id: &str, deadline_ms: u64) -> Result<(), TryLater> {
         let until = deadline_ms + CLAIM_MARGIN.as_millis() as u64;
-        let Some(run) = self.ledger.claim(run_id, Action::Completion, now_ms(), until).await? else {
+        let Some(run) = self
+            .ledger
+            .claim(run_id, Claim::until(Action::Completion, until))
+            .await?
+        else {
             return Ok(());
         };
         match within(deadline_ms, self.complete(&run)).await {

@@ -10,7 +10,7 @@ use crate::adapters::memory_ledger::{FailingLedger, MemoryLedger};
 use crate::adapters::memory_publish::{MemoryCms, MemoryNotifier, Trouble};
 use crate::domain::report::{ImageEntry, RunReport};
 use crate::domain::rows::InvalidRow;
-use crate::ports::ledger::{Checkpoint, RunRecord, SplitTotals};
+use crate::ports::ledger::{Advance, Checkpoint, Claim, RunRecord, SplitTotals};
 
 const RUN: &str = "run-0123456789abcdef";
 
@@ -55,7 +55,14 @@ async fn world(fail_at: usize, slack: Trouble) -> World {
     let start = Checkpoint::default();
     assert!(
         inner
-            .advance(RUN, start, Checkpoint { sent: 3, ..start }, true)
+            .advance(
+                RUN,
+                Advance {
+                    from: start,
+                    to: Checkpoint { sent: 3, ..start },
+                    finished: true
+                }
+            )
             .await
             .unwrap()
     );
@@ -187,7 +194,7 @@ impl World {
         );
         assert_eq!(report.actual_cost_usd, 0.08);
         let run = self.recorder.ledger.inner.run(RUN).await.unwrap().unwrap();
-        assert_eq!((run.succeeded, run.failed, run.state), (2, 1, RunState::Complete));
+        assert_eq!((run.counts.succeeded, run.counts.failed, run.state), (2, 1, RunState::Complete));
         // The CMS update is an idempotent PATCH: a crash before the outcome is recorded repeats it.
         let mut updates = self.cms.updates();
         updates.sort();
@@ -260,7 +267,14 @@ async fn a_finalizer_that_died_holding_the_claim_is_taken_over_once_the_claim_ex
         .recorder
         .ledger
         .inner
-        .claim(RUN, Action::Completion, now_ms(), now_ms() + 300)
+        .claim(
+            RUN,
+            Claim {
+                action: Action::Completion,
+                now_ms: now_ms(),
+                until_ms: now_ms() + 300,
+            },
+        )
         .await
         .unwrap();
     assert!(held.is_some());

@@ -5,13 +5,13 @@
 
 use std::collections::BTreeSet;
 
+use super::Error;
 use crate::domain::events::Outcome;
 use crate::domain::job::Job;
 use crate::domain::report::FailureEntry;
 use crate::domain::rows::{RowOutcome, RowReader};
 use crate::ports::ledger::{LedgerError, RunLedger, RunRecord};
-use crate::ports::queue::{MessageQueue, QueueError};
-use crate::ports::store::StoreError;
+use crate::ports::queue::MessageQueue;
 use crate::usecase::split::CsvSource;
 
 /// Failures that may succeed when tried again: transient errors that ran out of attempts, jobs
@@ -23,19 +23,6 @@ pub fn worth_retrying(failure: &FailureEntry) -> bool {
         || reason.starts_with("not attempted")
         || reason.starts_with("rate limited")
         || reason.starts_with("provider unavailable")
-}
-
-/// A redrive could not be done.
-#[derive(Debug, thiserror::Error)]
-pub enum RedriveError {
-    #[error(transparent)]
-    Ledger(#[from] LedgerError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Queue(#[from] QueueError),
-    #[error("{0}")]
-    Input(String),
 }
 
 /// The failed rows of a run (all of them, or those worth retrying), read from the ledger.
@@ -61,11 +48,11 @@ pub async fn redrive<L: RunLedger, Q: MessageQueue, C: CsvSource>(
     run: &RunRecord,
     source: &C,
     rows: &[u64],
-) -> Result<u64, RedriveError> {
+) -> Result<u64, Error> {
     if rows.is_empty() {
         return Ok(0);
     }
-    let template = run.template().map_err(|e| RedriveError::Input(e.to_string()))?;
+    let template = run.template().map_err(|e| Error::Input(e.to_string()))?;
     let wanted: BTreeSet<u64> = rows.iter().copied().collect();
     let input = source.open_range(0, None).await?;
     let (file, run_id, model) = (source.name().to_owned(), run.run_id.clone(), run.model.clone());
@@ -83,8 +70,8 @@ pub async fn redrive<L: RunLedger, Q: MessageQueue, C: CsvSource>(
         Ok(found)
     })
     .await
-    .map_err(|e| RedriveError::Input(e.to_string()))?
-    .map_err(RedriveError::Input)?;
+    .map_err(|e| Error::Input(e.to_string()))?
+    .map_err(Error::Input)?;
     let reopened: BTreeSet<u64> = ledger.reopen(&run.run_id, rows).await?.into_iter().collect();
     let bodies: Vec<String> = rendered
         .iter()

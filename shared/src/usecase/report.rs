@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use super::Error;
 use crate::domain::events::{Outcome, json_object, now_ms};
 use crate::domain::locations::{Locations, Root, keys};
 use crate::domain::report::{ReportBuilder, RunReport};
@@ -16,15 +17,6 @@ use crate::providers::ReferenceSigner;
 
 /// `results.csv` is sent in parts of about this size (S3 multipart parts are at least 5 MiB).
 pub const PART_BYTES: usize = 8 * 1024 * 1024;
-
-/// The report could not be written.
-#[derive(Debug, thiserror::Error)]
-pub enum ReportError {
-    #[error(transparent)]
-    Ledger(#[from] LedgerError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
 
 /// Rows read page by page, in row order.
 struct Pager<T> {
@@ -137,7 +129,7 @@ pub async fn write_report<L: RunLedger, S: ObjectStore>(
     locations: &Locations,
     links: Option<&dyn ReferenceSigner>,
     run: &RunRecord,
-) -> Result<RunReport, ReportError> {
+) -> Result<RunReport, Error> {
     let totals = run.totals.clone().unwrap_or_default();
     let (estimate, model_estimate) = run.estimates();
     let mut builder = ReportBuilder::new(

@@ -11,12 +11,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use super::Error;
 use crate::domain::catalog::Catalog;
 use crate::domain::events::{PipelineEvent, now_ms};
 use crate::domain::job::{Job, run_id};
 use crate::domain::rows::{InvalidRow, RowOutcome, RowReader};
 use crate::domain::template::Template;
-use crate::ports::ledger::{Action, Checkpoint, LedgerError, RunLedger, RunRecord, RunState, SplitTotals};
+use crate::ports::ledger::{Action, Advance, Checkpoint, Claim, RunLedger, RunRecord, RunState, SplitTotals};
 use crate::ports::queue::{MessageQueue, QueueError};
 use crate::ports::store::StoreError;
 
@@ -79,19 +80,6 @@ pub struct Split {
     pub continued: bool,
 }
 
-/// A split could not finish; the event should be retried.
-#[derive(Debug, thiserror::Error)]
-pub enum SplitError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Queue(#[from] QueueError),
-    #[error(transparent)]
-    Ledger(#[from] LedgerError),
-    #[error("CSV reader stopped: {0}")]
-    Reader(String),
-}
-
 /// What the splitter needs, built once per container.
 pub struct Splitter<Q, E, K, L> {
     pub jobs: Q,
@@ -113,7 +101,7 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
         model: Option<&str>,
         catalog: &Catalog,
         deadline_ms: u64,
-    ) -> Result<Split, SplitError> {
+    ) -> Result<Split, Error> {
         let template_name = template.as_ref().map_or("-", |t| t.name.as_str());
         let model_name = model
             .or(template.as_ref().ok().map(|t| t.model.as_str()))
@@ -163,7 +151,7 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
         rows_read: u64,
         source: &C,
         deadline_ms: u64,
-    ) -> Result<Split, SplitError> {
+    ) -> Result<Split, Error> {
         self.work(run_id, Some(rows_read), source, None, deadline_ms).await
     }
 
@@ -176,7 +164,7 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
         source: &C,
         rejection: Option<String>,
         deadline_ms: u64,
-    ) -> Result<Split, SplitError> {
+    ) -> Result<Split, Error> {
         let until = deadline_ms + CLAIM_MARGIN.as_millis() as u64;
         let nothing = || Split {
             run_id: run_id.to_owned(),
@@ -185,7 +173,7 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
             duplicate: true,
             continued: false,
         };
-        let Some(run) = self.ledger.claim(run_id, Action::Split, now_ms(), until).await? else {
+        let Some(run) = self.ledger.claim(run_id, Claim::until(Action::Split, until)).await? else {
             tracing::info!(%run_id, "the run's split is held by another invocation or finished");
             return Ok(nothing());
         };
@@ -207,7 +195,7 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
         source: &C,
         rejection: Option<String>,
         deadline_ms: u64,
-    ) -> Result<Split, SplitError> {
+    ) -> Result<Split, Error> {
         let run_id = run.run_id.as_str();
         let template = match rejection {
             Some(reason) => Err(reason),
@@ -232,7 +220,7 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
             (None, Ok(template)) => self.send_segment(run, source, template, &totals, deadline_ms).await?,
             _ => (from, true),
         };
-        if !self.ledger.advance(run_id, from, to, finished).await? {
+        if !self.ledger.advance(run_id, Advance { from, to, finished }).await? {
             tracing::warn!(%run_id, "checkpoint moved by another invocation; this one stops");
         } else if finished {
             self.announce(run_id).await?;
@@ -262,7 +250,7 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
         run: &RunRecord,
         source: &C,
         template: &Template,
-    ) -> Result<SplitTotals, SplitError> {
+    ) -> Result<SplitTotals, Error> {
         let Some(price) = run.model_entry.as_ref().map(|m| m.price_per_image) else {
             return Ok(rejected(format!("unknown model {:?}", run.model)));
         };
@@ -293,7 +281,10 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
             invalid += chunk.len() as u64;
             self.ledger.record_invalid(&run.run_id, &chunk).await?;
         }
-        let (rows, valid, header_bytes) = match reader.await.map_err(|e| SplitError::Reader(e.to_string()))? {
+        let (rows, valid, header_bytes) = match reader
+            .await
+            .map_err(|e| Error::Input(format!("CSV reader stopped: {e}")))?
+        {
             Ok(counts) => counts,
             Err(reason) => {
                 return Ok(SplitTotals {
@@ -348,7 +339,7 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
         template: &Template,
         totals: &SplitTotals,
         deadline_ms: u64,
-    ) -> Result<(Checkpoint, bool), SplitError> {
+    ) -> Result<(Checkpoint, bool), Error> {
         let from = run.checkpoint;
         let offset = if from.offset == 0 {
             totals.header_bytes
@@ -375,7 +366,7 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
         let mut rows = std::pin::pin!(rows);
         let mut in_flight = futures::stream::FuturesUnordered::new();
         while let Some(item) = rows.next().await {
-            let (row, next_offset) = item.map_err(SplitError::Reader)?;
+            let (row, next_offset) = item.map_err(|e| Error::Input(format!("CSV reader stopped: {e}")))?;
             // The first pass decided which rows are invalid (duplicate keys across the whole file included).
             if let RowOutcome::Valid(rendered) = row
                 && !invalid.has(rendered.row).await?

@@ -31,9 +31,9 @@ use crate::ports::queue::MessageQueue;
 use crate::ports::store::{NewObject, ObjectStore};
 use crate::providers::{ImageProvider, ReferenceSigner};
 use crate::usecase::deliver::{Disposition, FINISH_TIME, Generator, MIN_CALL_TIME, Providers};
-use crate::usecase::plan::{Plan, PlanError, plan_csv};
+use crate::usecase::plan::{Plan, plan_csv};
 use crate::usecase::record::{Delivery, Recorder};
-use crate::usecase::split::{Continuation, CsvSource, SplitError, SplitSettings, Splitter};
+use crate::usecase::split::{Continuation, CsvSource, SplitSettings, Splitter};
 use crate::usecase::stops::RunStops;
 use snapshot::{HashingReader, SnapshotCsv, Tee};
 
@@ -69,12 +69,10 @@ pub struct Publishing {
 pub enum RunError {
     #[error("cannot read {file}: {error}")]
     Read { file: String, error: std::io::Error },
-    #[error(transparent)]
-    Plan(#[from] PlanError),
     #[error("cannot write to {dir}: {error}; nothing was generated")]
     Unwritable { dir: String, error: String },
     #[error(transparent)]
-    Split(#[from] SplitError),
+    Pipeline(#[from] crate::usecase::Error),
     #[error("cannot write the report: {0}")]
     Report(String),
 }
@@ -277,7 +275,7 @@ impl Pipeline {
             .await?;
         let continuations = &self.splitter.continuations;
         while split.continued {
-            for message in continuations.receive(1).await.map_err(SplitError::from)? {
+            for message in continuations.receive(1).await.map_err(crate::usecase::Error::from)? {
                 let _ = continuations.delete(&message.receipt_handle);
                 let Ok(next) = serde_json::from_str::<Continuation>(&message.body) else {
                     continue;

@@ -12,7 +12,9 @@ use imagepipe::domain::events::{Outcome, now_ms};
 use imagepipe::domain::report::{FailureEntry, ImageEntry};
 use imagepipe::domain::rows::InvalidRow;
 use imagepipe::drivers::lambda::AwsClients;
-use imagepipe::ports::ledger::{Action, Checkpoint, LedgerError, Page, RunLedger, RunRecord, RunState, SplitTotals};
+use imagepipe::ports::ledger::{
+    Action, Advance, Claim, LedgerError, Page, RunLedger, RunRecord, RunState, SplitTotals,
+};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -280,7 +282,7 @@ pub async fn run(latency_ms: u64, concurrency: usize, rows: u64) -> Result<(), E
     let run = ledger.run(&run_id).await?.ok_or("no run record")?;
     let last_outcome_to_report_s =
         (report_seen_ms.load(Ordering::Relaxed).saturating_sub(run.updated_at_ms)) as f64 / 1000.0;
-    assert_eq!(run.succeeded, rows, "every image made");
+    assert_eq!(run.counts.succeeded, rows, "every image made");
     println!(
         "{}",
         json!({"bench": "pipeline", "latency_ms": latency_ms, "concurrency": concurrency, "rows": rows, "wall_s": wall,
@@ -353,7 +355,7 @@ impl RunLedger for SyntheticLedger {
     async fn set_totals(&self, _: &str, _: &SplitTotals) -> Result<(), LedgerError> {
         Ok(())
     }
-    async fn advance(&self, _: &str, _: Checkpoint, _: Checkpoint, _: bool) -> Result<bool, LedgerError> {
+    async fn advance(&self, _: &str, _: Advance) -> Result<bool, LedgerError> {
         Ok(true)
     }
     async fn record_invalid(&self, _: &str, _: &[InvalidRow]) -> Result<(), LedgerError> {
@@ -368,7 +370,7 @@ impl RunLedger for SyntheticLedger {
     async fn outcome(&self, _: &str, row: u64) -> Result<Option<Outcome>, LedgerError> {
         Ok(synthetic(row))
     }
-    async fn claim(&self, _: &str, _: Action, _: u64, _: u64) -> Result<Option<RunRecord>, LedgerError> {
+    async fn claim(&self, _: &str, _: Claim) -> Result<Option<RunRecord>, LedgerError> {
         Ok(None)
     }
     async fn release(&self, _: &str, _: Action) -> Result<(), LedgerError> {
