@@ -107,12 +107,8 @@ enum Command {
         /// Model from the stack's catalog; the template's model when absent.
         #[arg(short, long)]
         model: Option<String>,
-        /// Show progress until the run's report exists, then its summary.
-        #[arg(long)]
-        wait: bool,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        follow: Follow,
         #[command(flatten)]
         stack: stack::StackArgs,
     },
@@ -133,12 +129,8 @@ enum Command {
         /// Every failed row, refusals included.
         #[arg(long)]
         all_failed: bool,
-        /// Show progress until the report is rewritten, then the summary.
-        #[arg(long)]
-        wait: bool,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        follow: Follow,
         #[command(flatten)]
         stack: stack::StackArgs,
     },
@@ -197,24 +189,17 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             csv,
             template,
             model,
-            wait,
-            json,
+            follow,
             stack,
         } => {
             let stack = stack.resolve().await?;
             let (run_id, source) = stack::submit(&stack, &csv, &template, model.as_deref()).await?;
-            if !wait {
-                output::submitted(&run_id, &source, json)?;
+            if !follow.wait {
+                output::submitted(&run_id, &source, follow.json)?;
                 return Ok(ExitCode::SUCCESS);
             }
             eprintln!("{source}: run {run_id}");
-            let report = stack::wait(&stack, &run_id, json).await?;
-            output::report(
-                &report,
-                Path::new(&imagepipe::domain::locations::keys::report(&run_id)),
-                json,
-            )?;
-            Ok(exit_code(&report))
+            follow.until_reported(&stack, &run_id).await
         }
         Command::Status { run_id, json, stack } => {
             let stack = stack.resolve().await?;
@@ -238,23 +223,16 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Redrive {
             run_id,
             all_failed,
-            wait,
-            json,
+            follow,
             stack,
         } => {
             let stack = stack.resolve().await?;
             let sent = stack::redrive(&stack, &run_id, all_failed).await?;
             eprintln!("{run_id}: {sent} rows sent again");
-            if sent == 0 || !wait {
+            if sent == 0 || !follow.wait {
                 return Ok(ExitCode::SUCCESS);
             }
-            let report = stack::wait(&stack, &run_id, json).await?;
-            output::report(
-                &report,
-                Path::new(&imagepipe::domain::locations::keys::report(&run_id)),
-                json,
-            )?;
-            Ok(exit_code(&report))
+            follow.until_reported(&stack, &run_id).await
         }
         Command::Cancel { run_id, stack } => {
             let stack = stack.resolve().await?;
@@ -339,6 +317,27 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 exit_code(&report)
             })
         }
+    }
+}
+
+/// How `submit` and `redrive` follow the run they started.
+#[derive(clap::Args)]
+struct Follow {
+    /// Show progress until the run's report is written, then its summary.
+    #[arg(long)]
+    wait: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Follow {
+    /// Shows the run's progress until its report is written, then the report's summary.
+    async fn until_reported(&self, stack: &stack::Stack, run_id: &str) -> anyhow::Result<ExitCode> {
+        let report = stack::wait(stack, run_id, self.json).await?;
+        let key = imagepipe::domain::locations::keys::report(run_id);
+        output::report(&report, Path::new(&key), self.json)?;
+        Ok(exit_code(&report))
     }
 }
 

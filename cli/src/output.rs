@@ -50,7 +50,10 @@ impl Bar {
         if let Some(bar) = &self.0 {
             bar.set_length(total);
             bar.set_position(done);
-            bar.set_message(format!("{} failed  ${:.4} spent", run.counts.failed, run.counts.spend_usd));
+            bar.set_message(format!(
+                "{} failed  ${:.4} spent",
+                run.counts.failed, run.counts.spend_usd
+            ));
         }
         if let Some(shown) = &self.1 {
             let tenth = (done * 10).checked_div(total).unwrap_or(10);

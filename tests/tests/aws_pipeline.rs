@@ -654,19 +654,12 @@ async fn the_sample_finalizer_batch_records_each_outcome_once_and_completes_its_
     };
     ledger.set_totals(run_id, &totals).await.unwrap();
     let start = Checkpoint::default();
-    assert!(
-        ledger
-            .advance(
-                run_id,
-                Advance {
-                    from: start,
-                    to: Checkpoint { sent: 3, ..start },
-                    finished: true
-                }
-            )
-            .await
-            .unwrap()
-    );
+    let split = Advance {
+        from: start,
+        to: Checkpoint { sent: 3, ..start },
+        finished: true,
+    };
+    assert!(ledger.advance(run_id, split).await.unwrap());
     let event: SqsEvent = serde_json::from_str(include_str!("../../events/sqs-events.json")).unwrap();
     for _ in 0..2 {
         // Delivered twice: the second delivery changes nothing.

@@ -48,42 +48,18 @@ async fn running(ledger: &DynamoLedger, run_id: &str, awaited: u64) {
         rows_read: awaited + 1,
         sent: awaited,
     };
+    let step = Advance {
+        from: start,
+        to: end,
+        finished: true,
+    };
+    assert!(ledger.advance(run_id, step).await.unwrap());
     assert!(
-        ledger
-            .advance(
-                run_id,
-                Advance {
-                    from: start,
-                    to: end,
-                    finished: true
-                }
-            )
-            .await
-            .unwrap()
-    );
-    assert!(
-        !ledger
-            .advance(
-                run_id,
-                Advance {
-                    from: start,
-                    to: end,
-                    finished: true
-                }
-            )
-            .await
-            .unwrap(),
+        !ledger.advance(run_id, step).await.unwrap(),
         "a stale checkpoint moves nothing"
     );
     let claimed = ledger
-        .claim(
-            run_id,
-            Claim {
-                action: Action::Start,
-                now_ms: now_ms(),
-                until_ms: now_ms() + 60_000,
-            },
-        )
+        .claim(run_id, Claim::new(Action::Start, now_ms(), now_ms() + 60_000))
         .await
         .unwrap();
     assert!(claimed.is_some());
@@ -109,7 +85,10 @@ async fn sixteen_concurrent_writers_of_the_same_rows_count_each_row_once() {
     let recorded: usize = futures::future::join_all(writers).await.into_iter().sum();
     assert_eq!(recorded, 60, "each row recorded by exactly one writer");
     let run = ledger.run("run-concurrent").await.unwrap().unwrap();
-    assert_eq!((run.counts.failed, run.recorded(), run.outstanding()), (60, 60, Some(0)));
+    assert_eq!(
+        (run.counts.failed, run.recorded(), run.outstanding()),
+        (60, 60, Some(0))
+    );
     let page = ledger.outcomes("run-concurrent", None).await.unwrap();
     assert_eq!(page.items.len(), 60);
     assert!(page.items.windows(2).all(|w| w[0].row() < w[1].row()), "in row order");
@@ -122,14 +101,7 @@ async fn eight_finalizers_racing_to_complete_a_run_leave_one_winner() {
     let (ledger, _, _) = ledger().await;
     running(&ledger, "run-race", 3).await;
     let early = ledger
-        .claim(
-            "run-race",
-            Claim {
-                action: Action::Completion,
-                now_ms: now_ms(),
-                until_ms: now_ms() + 60_000,
-            },
-        )
+        .claim("run-race", Claim::new(Action::Completion, now_ms(), now_ms() + 60_000))
         .await
         .unwrap();
     assert!(early.is_none(), "no completion while outcomes are awaited");
@@ -137,16 +109,7 @@ async fn eight_finalizers_racing_to_complete_a_run_leave_one_winner() {
         .record("run-race", &[failed(1), failed(2), failed(3)])
         .await
         .unwrap();
-    let claims = (0..8).map(|_| {
-        ledger.claim(
-            "run-race",
-            Claim {
-                action: Action::Completion,
-                now_ms: now_ms(),
-                until_ms: now_ms() + 60_000,
-            },
-        )
-    });
+    let claims = (0..8).map(|_| ledger.claim("run-race", Claim::new(Action::Completion, now_ms(), now_ms() + 60_000)));
     let won = futures::future::join_all(claims)
         .await
         .into_iter()
@@ -170,11 +133,7 @@ async fn eight_finalizers_racing_to_complete_a_run_leave_one_winner() {
     let again = ledger
         .claim(
             "run-race",
-            Claim {
-                action: Action::Completion,
-                now_ms: now_ms() + 120_000,
-                until_ms: now_ms() + 180_000,
-            },
+            Claim::new(Action::Completion, now_ms() + 120_000, now_ms() + 180_000),
         )
         .await
         .unwrap();
@@ -189,28 +148,14 @@ async fn an_expired_claim_is_taken_over_and_a_released_one_at_once() {
     let now = now_ms();
     assert!(
         ledger
-            .claim(
-                "run-claims",
-                Claim {
-                    action: Action::Completion,
-                    now_ms: now,
-                    until_ms: now + 1_000
-                }
-            )
+            .claim("run-claims", Claim::new(Action::Completion, now, now + 1_000))
             .await
             .unwrap()
             .is_some()
     );
     assert!(
         ledger
-            .claim(
-                "run-claims",
-                Claim {
-                    action: Action::Completion,
-                    now_ms: now + 500,
-                    until_ms: now + 2_000
-                }
-            )
+            .claim("run-claims", Claim::new(Action::Completion, now + 500, now + 2_000))
             .await
             .unwrap()
             .is_none()
@@ -218,14 +163,7 @@ async fn an_expired_claim_is_taken_over_and_a_released_one_at_once() {
     // The holder died: after its claim's end, the next caller takes over.
     assert!(
         ledger
-            .claim(
-                "run-claims",
-                Claim {
-                    action: Action::Completion,
-                    now_ms: now + 1_001,
-                    until_ms: now + 3_000
-                }
-            )
+            .claim("run-claims", Claim::new(Action::Completion, now + 1_001, now + 3_000))
             .await
             .unwrap()
             .is_some()
@@ -233,14 +171,7 @@ async fn an_expired_claim_is_taken_over_and_a_released_one_at_once() {
     ledger.release("run-claims", Action::Completion).await.unwrap();
     assert!(
         ledger
-            .claim(
-                "run-claims",
-                Claim {
-                    action: Action::Completion,
-                    now_ms: now + 1_002,
-                    until_ms: now + 4_000
-                }
-            )
+            .claim("run-claims", Claim::new(Action::Completion, now + 1_002, now + 4_000))
             .await
             .unwrap()
             .is_some()

@@ -601,15 +601,13 @@ impl RunLedger for DynamoLedger {
 
     #[tracing::instrument(skip(self))]
     async fn claim(&self, run_id: &str, claim: Claim) -> Result<Option<RunRecord>, LedgerError> {
-        let Claim {
-            action,
-            now_ms,
-            until_ms,
-        } = claim;
-        let claim = action_attr(action);
-        let free = format!("(attribute_not_exists(#{claim}) OR #{claim} < :now)");
-        let mut values = HashMap::from([(":now".to_owned(), n(now_ms)), (":until".to_owned(), n(until_ms))]);
-        let condition = match action {
+        let attr = action_attr(claim.action);
+        let free = format!("(attribute_not_exists(#{attr}) OR #{attr} < :now)");
+        let mut values = HashMap::from([
+            (":now".to_owned(), n(claim.now_ms)),
+            (":until".to_owned(), n(claim.until_ms)),
+        ]);
+        let condition = match claim.action {
             Action::Split => {
                 values.insert(":splitting".into(), s(RunState::Splitting.as_str()));
                 format!("#state = :splitting AND {free}")
@@ -626,7 +624,7 @@ impl RunLedger for DynamoLedger {
                 )
             }
         };
-        self.update_run(run_id, &format!("SET #{claim} = :until"), &condition, values)
+        self.update_run(run_id, &format!("SET #{attr} = :until"), &condition, values)
             .await
     }
 

@@ -148,13 +148,8 @@ impl RunLedger for MemoryLedger {
     }
 
     async fn claim(&self, run_id: &str, claim: Claim) -> Result<Option<RunRecord>, LedgerError> {
-        let Claim {
-            action,
-            now_ms,
-            until_ms,
-        } = claim;
         self.with_run(run_id, |record, run| {
-            let due = match action {
+            let due = match claim.action {
                 Action::Split => record.state == RunState::Splitting,
                 Action::Start => record.state != RunState::Splitting && !record.started_announced,
                 Action::Completion => {
@@ -164,11 +159,14 @@ impl RunLedger for MemoryLedger {
                         && record.completed_at_ms.is_none()
                 }
             };
-            let free = run.claims.get(action_name(action)).is_none_or(|&until| until < now_ms);
+            let free = run
+                .claims
+                .get(action_name(claim.action))
+                .is_none_or(|&until| until < claim.now_ms);
             if !(due && free) {
                 return Ok(None);
             }
-            run.claims.insert(action_name(action), until_ms);
+            run.claims.insert(action_name(claim.action), claim.until_ms);
             Ok(Some(record.clone()))
         })
     }

@@ -179,6 +179,14 @@ pub struct CostLine {
 mod tests {
     use super::*;
 
+    /// Why the built-in catalog cannot take `text` (a models file named `origin`).
+    fn load_error(text: &str, origin: &str) -> String {
+        Catalog::builtin()
+            .extend_from_toml(text, origin)
+            .unwrap_err()
+            .to_string()
+    }
+
     #[test]
     fn every_model_names_a_registered_provider_and_a_typo_fails_at_load() {
         for (name, model) in &Catalog::builtin().models {
@@ -186,10 +194,7 @@ mod tests {
         }
         let text = "prices_as_of = \"2026-12-01\"\n[models.house]\nprovider = \"gemeni\"\n\
                     provider_model = \"x\"\nprice_per_image = 0.02\n";
-        let error = Catalog::builtin()
-            .extend_from_toml(text, "models.toml")
-            .unwrap_err()
-            .to_string();
+        let error = load_error(text, "models.toml");
         assert!(
             error.contains("\"gemeni\"") && error.contains("known providers: placeholder, gemini"),
             "{error}"
@@ -205,13 +210,10 @@ mod tests {
         assert_eq!(catalog.model("house").unwrap().price_per_image, 0.02);
         assert!(catalog.model("nano-banana").is_ok());
         assert_eq!(catalog.prices_as_of, "2026-12-01");
-        let error = catalog
-            .extend_from_toml(
-                "prices_as_of = \"x\"\n[models.bad]\nprovider = 3\n",
-                "config/models.toml",
-            )
-            .unwrap_err()
-            .to_string();
+        let error = load_error(
+            "prices_as_of = \"x\"\n[models.bad]\nprovider = 3\n",
+            "config/models.toml",
+        );
         assert!(
             error.contains("config/models.toml") && error.contains("line 3"),
             "{error}"

@@ -66,6 +66,31 @@ pub struct ImageEntry {
     pub replaced_broken: bool,
 }
 
+#[cfg(any(test, feature = "test-util"))]
+impl ImageEntry {
+    /// A stored 64×64 PNG for `key` at row `row`, under `root` (a directory or `s3://bucket`), that
+    /// cost $0.04; its CMS id is the key's last segment. For tests and benchmarks.
+    pub fn example(row: u64, key: &str, root: &str) -> Self {
+        let object_key = format!("images/{key}.png");
+        Self {
+            row,
+            key: key.into(),
+            cms_id: key.rsplit('/').next().unwrap_or(key).into(),
+            prompt: format!("Photo of {key}"),
+            path: format!("{root}/{object_key}"),
+            object_key,
+            content_type: "image/png".into(),
+            bytes: 100,
+            width: Some(64),
+            height: Some(64),
+            reused: false,
+            cost_usd: 0.04,
+            credits_used: None,
+            replaced_broken: false,
+        }
+    }
+}
+
 /// One row whose image could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailureEntry {

@@ -5,20 +5,8 @@ const HOSTILE: &str = "<img src=x onerror=alert(1)>";
 
 fn image(row: u64, key: &str, prompt: &str) -> ImageEntry {
     ImageEntry {
-        row,
-        key: key.into(),
-        cms_id: key.into(),
         prompt: prompt.into(),
-        object_key: format!("images/{key}.png"),
-        path: format!("out/images/{key}.png"),
-        content_type: "image/png".into(),
-        bytes: 1234,
-        width: Some(64),
-        height: Some(64),
-        reused: false,
-        cost_usd: 0.039,
-        credits_used: None,
-        replaced_broken: false,
+        ..ImageEntry::example(row, key, "out")
     }
 }
 
@@ -136,7 +124,7 @@ fn the_summary_has_counts_costs_throughput_and_the_batch_price() {
         "<dd id=\"failed\">1</dd>",
         "<dd id=\"invalid\">1</dd>",
         "<dd id=\"estimated\">$0.5000</dd>",
-        "<dd id=\"actual\">$0.0780</dd>",
+        "<dd id=\"actual\">$0.0800</dd>",
         "<dd id=\"batch\">$0.0390</dd>",
         "<dd id=\"throughput\">1.00 images/s</dd>",
         "<dd id=\"model\">gemini-2.5-flash-image</dd>",

@@ -324,6 +324,15 @@ mod tests {
         product_name = "name"
     "#;
 
+    /// Binds the `hero` template of [`ONE`] to a CSV with `columns`.
+    fn bind_hero(columns: &[&str]) -> Result<BoundTemplate, TemplateError> {
+        TemplateSet::from_toml(ONE, "t.toml")
+            .unwrap()
+            .get("hero")
+            .unwrap()
+            .bind(&header(columns))
+    }
+
     #[test]
     fn builtin_set_has_the_five_templates() {
         let set = TemplateSet::builtin();
@@ -335,32 +344,15 @@ mod tests {
 
     #[test]
     fn columns_table_maps_placeholders_to_headers() {
-        let set = TemplateSet::from_toml(ONE, "t.toml").unwrap();
-        let bound = set
-            .get("hero")
-            .unwrap()
-            .bind(&header(&["sku", "name", "color"]))
-            .unwrap();
+        let bound = bind_hero(&["sku", "name", "color"]).unwrap();
         assert_eq!(bound.column("product_name"), Some(("name", 1)));
         assert_eq!(bound.column("color"), Some(("color", 2)));
-        assert_eq!(
-            bound.template.size,
-            ImageSize {
-                width: 1024,
-                height: 768
-            }
-        );
+        assert_eq!(bound.template.size, ImageSize::parse("1024x768").unwrap());
     }
 
     #[test]
     fn missing_column_error_lists_the_csv_columns() {
-        let set = TemplateSet::from_toml(ONE, "t.toml").unwrap();
-        let err = set
-            .get("hero")
-            .unwrap()
-            .bind(&header(&["sku", "title"]))
-            .unwrap_err()
-            .to_string();
+        let err = bind_hero(&["sku", "title"]).unwrap_err().to_string();
         assert!(err.contains("{product_name}") && err.contains("\"name\""), "{err}");
         assert!(err.contains("sku, title"), "{err}");
     }
@@ -401,12 +393,7 @@ mod tests {
 
     #[test]
     fn duplicate_header_is_rejected() {
-        let set = TemplateSet::from_toml(ONE, "t.toml").unwrap();
-        let err = set
-            .get("hero")
-            .unwrap()
-            .bind(&header(&["sku", "name", "color", "sku"]))
-            .unwrap_err();
+        let err = bind_hero(&["sku", "name", "color", "sku"]).unwrap_err();
         assert!(matches!(err, TemplateError::DuplicateHeader(c) if c == "sku"));
     }
 }

@@ -66,13 +66,18 @@ pub struct Claim {
 }
 
 impl Claim {
-    /// A claim on `action` from now until `until_ms`.
-    pub fn until(action: Action, until_ms: u64) -> Self {
+    /// A claim on `action` from `now_ms` until `until_ms`.
+    pub fn new(action: Action, now_ms: u64, until_ms: u64) -> Self {
         Self {
             action,
-            now_ms: crate::domain::events::now_ms(),
+            now_ms,
             until_ms,
         }
+    }
+
+    /// A claim on `action` from now until `until_ms`.
+    pub fn until(action: Action, until_ms: u64) -> Self {
+        Self::new(action, crate::domain::events::now_ms(), until_ms)
     }
 }
 
@@ -247,7 +252,6 @@ impl Tally {
         }
         tally
     }
-
 }
 
 impl std::ops::AddAssign for Tally {

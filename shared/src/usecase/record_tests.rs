@@ -53,19 +53,12 @@ async fn world(fail_at: usize, slack: Trouble) -> World {
     };
     inner.set_totals(RUN, &totals).await.unwrap();
     let start = Checkpoint::default();
-    assert!(
-        inner
-            .advance(
-                RUN,
-                Advance {
-                    from: start,
-                    to: Checkpoint { sent: 3, ..start },
-                    finished: true
-                }
-            )
-            .await
-            .unwrap()
-    );
+    let split = Advance {
+        from: start,
+        to: Checkpoint { sent: 3, ..start },
+        finished: true,
+    };
+    assert!(inner.advance(RUN, split).await.unwrap());
     let (notifier, cms) = (Arc::new(MemoryNotifier::new(slack)), Arc::new(MemoryCms::default()));
     let recorder = Recorder {
         ledger,
@@ -93,22 +86,7 @@ async fn world(fail_at: usize, slack: Trouble) -> World {
 }
 
 fn image(row: u64) -> ImageEntry {
-    ImageEntry {
-        row,
-        key: format!("product/SKU-{row}"),
-        cms_id: format!("SKU-{row}"),
-        prompt: format!("Photo of product {row}"),
-        object_key: format!("images/product/SKU-{row}.png"),
-        path: format!("s3://b/images/product/SKU-{row}.png"),
-        content_type: "image/png".into(),
-        bytes: 100,
-        width: Some(64),
-        height: Some(64),
-        reused: false,
-        cost_usd: 0.04,
-        credits_used: None,
-        replaced_broken: false,
-    }
+    ImageEntry::example(row, &format!("product/SKU-{row}"), "s3://b")
 }
 
 fn delivery(id: &str, event: PipelineEvent) -> Delivery {
@@ -194,7 +172,10 @@ impl World {
         );
         assert_eq!(report.actual_cost_usd, 0.08);
         let run = self.recorder.ledger.inner.run(RUN).await.unwrap().unwrap();
-        assert_eq!((run.counts.succeeded, run.counts.failed, run.state), (2, 1, RunState::Complete));
+        assert_eq!(
+            (run.counts.succeeded, run.counts.failed, run.state),
+            (2, 1, RunState::Complete)
+        );
         // The CMS update is an idempotent PATCH: a crash before the outcome is recorded repeats it.
         let mut updates = self.cms.updates();
         updates.sort();
@@ -267,14 +248,7 @@ async fn a_finalizer_that_died_holding_the_claim_is_taken_over_once_the_claim_ex
         .recorder
         .ledger
         .inner
-        .claim(
-            RUN,
-            Claim {
-                action: Action::Completion,
-                now_ms: now_ms(),
-                until_ms: now_ms() + 300,
-            },
-        )
+        .claim(RUN, Claim::new(Action::Completion, now_ms(), now_ms() + 300))
         .await
         .unwrap();
     assert!(held.is_some());

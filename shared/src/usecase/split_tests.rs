@@ -41,7 +41,7 @@ fn csv() -> MemoryCsv {
     MemoryCsv(text.into_bytes())
 }
 
-fn splitter(rows_per_invocation: u64) -> Splitter<MemoryQueue, MemoryQueue, MemoryQueue, MemoryLedger> {
+fn splitter(rows_per_invocation: u64) -> TestSplitter {
     Splitter {
         jobs: MemoryQueue::new(),
         events: MemoryQueue::new(),
@@ -62,6 +62,23 @@ fn deadline() -> u64 {
     now_ms() + 600_000
 }
 
+type TestSplitter = Splitter<MemoryQueue, MemoryQueue, MemoryQueue, MemoryLedger>;
+
+/// Splits `source` with the named template of `config` (and model, else the template's).
+async fn split_with(
+    splitter: &TestSplitter,
+    source: &MemoryCsv,
+    config: &DeploymentConfig,
+    template: &str,
+    model: Option<&str>,
+) -> Split {
+    let template = config.templates.get(template).map_err(|e| e.to_string());
+    splitter
+        .split(source, template, model, &config.catalog, deadline())
+        .await
+        .unwrap()
+}
+
 fn rows_sent(jobs: &MemoryQueue) -> Vec<u64> {
     jobs.sent()
         .iter()
@@ -74,16 +91,7 @@ async fn a_split_in_segments_sends_every_valid_row_once_and_skips_invalid_ones_a
     let splitter = splitter(7);
     let config = DeploymentConfig::from_texts(None, None).unwrap();
     let source = csv();
-    let first = splitter
-        .split(
-            &source,
-            config.templates.get("product").map_err(|e| e.to_string()),
-            None,
-            &config.catalog,
-            deadline(),
-        )
-        .await
-        .unwrap();
+    let first = split_with(&splitter, &source, &config, "product", None).await;
     assert!(first.continued);
     assert_eq!(
         first.totals.as_ref().map(|t| (t.rows, t.awaited, t.invalid)),
@@ -127,27 +135,9 @@ async fn a_split_in_segments_sends_every_valid_row_once_and_skips_invalid_ones_a
 async fn a_duplicate_upload_event_announces_the_run_again_and_sends_nothing() {
     let splitter = splitter(u64::MAX);
     let config = DeploymentConfig::from_texts(None, None).unwrap();
-    let first = splitter
-        .split(
-            &csv(),
-            config.templates.get("product").map_err(|e| e.to_string()),
-            None,
-            &config.catalog,
-            deadline(),
-        )
-        .await
-        .unwrap();
+    let first = split_with(&splitter, &csv(), &config, "product", None).await;
     assert!(!first.continued && !first.duplicate);
-    let again = splitter
-        .split(
-            &csv(),
-            config.templates.get("product").map_err(|e| e.to_string()),
-            None,
-            &config.catalog,
-            deadline(),
-        )
-        .await
-        .unwrap();
+    let again = split_with(&splitter, &csv(), &config, "product", None).await;
     assert!(again.duplicate);
     assert_eq!((again.run_id, again.sent), (first.run_id, 0));
     assert_eq!(splitter.jobs.sent().len(), 23);
@@ -159,16 +149,7 @@ async fn a_file_over_the_budget_is_rejected_before_any_job() {
     let mut splitter = splitter(u64::MAX);
     splitter.settings.max_run_cost_usd = Some(0.10);
     let config = DeploymentConfig::from_texts(None, None).unwrap();
-    let split = splitter
-        .split(
-            &csv(),
-            config.templates.get("product").map_err(|e| e.to_string()),
-            Some("nano-banana"),
-            &config.catalog,
-            deadline(),
-        )
-        .await
-        .unwrap();
+    let split = split_with(&splitter, &csv(), &config, "product", Some("nano-banana")).await;
     let reason = split.totals.unwrap().rejected.unwrap();
     assert!(reason.contains("MAX_RUN_COST_USD"), "{reason}");
     assert!(splitter.jobs.sent().is_empty());
@@ -184,16 +165,7 @@ async fn a_run_keeps_its_own_template_and_model_whatever_happens_to_the_deployme
                   provider_model = \"placeholder\"\nprice_per_image = 0.5\n";
     let config = DeploymentConfig::from_texts(Some(house), Some(models)).unwrap();
     let source = csv();
-    let first = splitter
-        .split(
-            &source,
-            config.templates.get("house").map_err(|e| e.to_string()),
-            None,
-            &config.catalog,
-            deadline(),
-        )
-        .await
-        .unwrap();
+    let first = split_with(&splitter, &source, &config, "house", None).await;
     // The house template does not use the colour: only the duplicate key (row 20) is invalid.
     assert_eq!(first.totals.as_ref().unwrap().estimated_cost_usd, 0.5 * 24.0);
     // The continuations run on the run's snapshot, not on any config (there is none to pass).
@@ -223,31 +195,13 @@ async fn a_run_keeps_its_own_template_and_model_whatever_happens_to_the_deployme
 async fn an_unknown_template_or_model_rejects_the_run_with_the_names_it_knows() {
     let splitter = splitter(u64::MAX);
     let config = DeploymentConfig::from_texts(None, None).unwrap();
-    let split = splitter
-        .split(
-            &csv(),
-            config.templates.get("nope").map_err(|e| e.to_string()),
-            None,
-            &config.catalog,
-            deadline(),
-        )
-        .await
-        .unwrap();
+    let split = split_with(&splitter, &csv(), &config, "nope", None).await;
     let reason = split.totals.unwrap().rejected.unwrap();
     assert!(
         reason.contains("unknown template \"nope\"") && reason.contains("product_hero"),
         "{reason}"
     );
-    let split = splitter
-        .split(
-            &csv(),
-            config.templates.get("product").map_err(|e| e.to_string()),
-            Some("nope-model"),
-            &config.catalog,
-            deadline(),
-        )
-        .await
-        .unwrap();
+    let split = split_with(&splitter, &csv(), &config, "product", Some("nope-model")).await;
     let reason = split.totals.unwrap().rejected.unwrap();
     assert!(
         reason.contains("unknown model") && reason.contains("nano-banana"),

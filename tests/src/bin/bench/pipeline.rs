@@ -316,20 +316,9 @@ fn synthetic(row: u64) -> Option<Outcome> {
     } else {
         Outcome::Succeeded {
             image: ImageEntry {
-                row,
-                key: format!("product/SKU-{row:07}"),
-                cms_id: format!("SKU-{row:07}"),
                 prompt: format!("Studio photo of product {row}, white background"),
-                object_key: format!("images/product/SKU-{row:07}.png"),
-                path: format!("s3://bench/images/product/SKU-{row:07}.png"),
-                content_type: "image/png".into(),
                 bytes: 1_500_000,
-                width: Some(1024),
-                height: Some(1024),
-                reused: false,
-                cost_usd: 0.039,
-                credits_used: None,
-                replaced_broken: false,
+                ..ImageEntry::example(row, &format!("product/SKU-{row:07}"), "s3://bench")
             },
             cms: Some(Ok(())),
         }
