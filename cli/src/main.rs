@@ -15,8 +15,10 @@ use imagepipe::adapters::http_publish::{HttpCms, SlackWebhook, http_client};
 use imagepipe::adapters::s3_store::LazyS3Signer;
 use imagepipe::domain::catalog::Catalog;
 use imagepipe::domain::retry::RetryPolicy;
-use imagepipe::domain::template::{Template, TemplateSet};
-use imagepipe::drivers::local::{CancellationToken, INTERRUPT_GRACE, LocalRun, Publishing, report_path};
+use imagepipe::domain::template::{Mode, Template, TemplateSet};
+use imagepipe::drivers::local::{
+    CancellationToken, INTERRUPT_GRACE, LocalBatch, LocalRun, Publishing, RunError, report_path,
+};
 use imagepipe::ports::ledger::RunState;
 use imagepipe::providers;
 use imagepipe::usecase::plan::plan_csv;
@@ -51,6 +53,10 @@ struct Input {
     /// Model from the catalog; the template's model when absent.
     #[arg(short, long)]
     model: Option<String>,
+    /// Through the provider's batch API: half the price, results within a day (as the template's
+    /// `mode = "batch"`).
+    #[arg(long)]
+    batch: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -79,6 +85,13 @@ enum Command {
         /// Seconds one provider call may take (at least 1).
         #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
         timeout_secs: u64,
+        /// Batch mode: seconds between polls of the provider's batches.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+        poll_secs: u64,
+        /// Batch mode: rows a batch failed or let expire are tried once the synchronous way
+        /// (`retry`), or fail with the provider's reason (`fail`).
+        #[arg(long, value_enum, default_value_t = BatchFailed::Retry)]
+        batch_failed: BatchFailed,
     },
     /// List the model catalog with prices.
     Models {
@@ -280,6 +293,8 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             concurrency,
             max_attempts,
             timeout_secs,
+            poll_secs,
+            batch_failed,
         } => {
             let template = load_template(&input)?;
             let model_name = input.model.as_deref().unwrap_or(&template.model);
@@ -288,6 +303,23 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let provider = providers::from_env(&provider_name)
                 .await
                 .with_context(|| format!("model {model_name} cannot run"))?;
+            let bar = Arc::new(output::progress_bar(input.json));
+            let batch = match template.mode {
+                Mode::Sync => None,
+                Mode::Batch => {
+                    let entry = providers::registry::entry(&provider_name)?;
+                    let api = entry
+                        .build_batch()
+                        .with_context(|| format!("provider {provider_name} has no batch API; run without --batch"))??;
+                    let shown = bar.clone();
+                    Some(LocalBatch {
+                        api,
+                        poll_every: Duration::from_secs(poll_secs),
+                        retry_failed: batch_failed == BatchFailed::Retry,
+                        progress: Arc::new(move |progress| shown.batches(progress)),
+                    })
+                }
+            };
             let run = LocalRun {
                 csv: input.csv.clone(),
                 model: input.model.clone(),
@@ -304,11 +336,19 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 },
                 timeout: Duration::from_secs(timeout_secs),
                 publish: publishing_from_env()?,
+                batch,
             };
-            let bar = output::progress_bar(input.json);
             let interrupt = CancellationToken::new();
             watch_ctrl_c(interrupt.clone())?;
-            let report = run.run_until(|run| bar.update(run), &interrupt).await?;
+            let report = match run.run_until(|run| bar.update(run), &interrupt).await {
+                Ok(report) => report,
+                Err(paused @ RunError::Paused { .. }) => {
+                    bar.finish();
+                    eprintln!("{paused}");
+                    return Ok(ExitCode::from(EXIT_INTERRUPTED));
+                }
+                Err(e) => return Err(e.into()),
+            };
             bar.finish();
             output::report(&report, &report_path(&run.out_dir, &report.run_id), input.json)?;
             Ok(if interrupt.is_cancelled() {
@@ -393,9 +433,22 @@ fn watch_ctrl_c(interrupt: CancellationToken) -> anyhow::Result<()> {
 }
 
 fn load_template(input: &Input) -> anyhow::Result<Template> {
-    Ok(TemplateSet::load(input.templates.as_deref())?
+    let mut template = TemplateSet::load(input.templates.as_deref())?
         .get(&input.template)?
-        .clone())
+        .clone();
+    if input.batch {
+        template.mode = Mode::Batch;
+    }
+    Ok(template)
+}
+
+/// What a batch-mode run does with rows a batch did not make.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BatchFailed {
+    /// Try them once more through synchronous calls (full price).
+    Retry,
+    /// Fail them with the provider's reason.
+    Fail,
 }
 
 /// CMS and Slack settings from the environment; both optional, but a CMS needs all of its three.

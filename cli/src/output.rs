@@ -7,6 +7,7 @@ use imagepipe::domain::catalog::Catalog;
 use imagepipe::domain::events::now_ms;
 use imagepipe::domain::report::RunReport;
 use imagepipe::ports::ledger::RunRecord;
+use imagepipe::usecase::batch::BatchProgress;
 use imagepipe::usecase::plan::Plan;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -60,6 +61,19 @@ impl Bar {
             if run.totals.is_some() && shown.fetch_max(tenth, std::sync::atomic::Ordering::Relaxed) < tenth {
                 eprintln!("progress: {} ({}%)", progress_summary(run), tenth * 10);
             }
+        }
+    }
+
+    /// Shows where a batch-mode run's batches stand after a poll.
+    pub fn batches(&self, progress: &BatchProgress) {
+        let line = format!(
+            "batches: {} at the provider ({}/{} requests done), {} read this poll",
+            progress.waiting, progress.done, progress.requests, progress.collected
+        );
+        match &self.0 {
+            Some(bar) => bar.println(line),
+            None if self.1.is_some() => eprintln!("{line}"),
+            None => {}
         }
     }
 
@@ -162,11 +176,21 @@ pub fn plan(plan: &Plan, json: bool) -> anyhow::Result<()> {
     for prompt in &plan.sample_prompts {
         writeln!(out, "  {}", shown(prompt))?;
     }
+    let how = if plan.mode.is_batch() {
+        " through the batch API"
+    } else {
+        ""
+    };
     writeln!(
         out,
-        "\nestimated provider cost: ${:.2} ({} images × ${})",
+        "\nestimated provider cost{how}: ${:.2} ({} images × ${})",
         plan.estimated_cost_usd, plan.valid, plan.price_per_image
     )?;
+    match plan.batch_cost_usd {
+        Some(_) if plan.mode.is_batch() => writeln!(out, "  synchronous calls would cost ${:.2}", plan.sync_cost_usd)?,
+        Some(batch) => writeln!(out, "  through the batch API (--batch): ${batch:.2}")?,
+        None => writeln!(out, "  (no batch API price for {})", plan.model)?,
+    }
     writeln!(out, "\n{} at scale:", plan.model)?;
     for (images, cost) in &plan.cost_at_scale {
         writeln!(out, "  {images:>7} images  ${cost:>10.2}")?;

@@ -391,6 +391,7 @@ mod local {
             retry: RetryPolicy::default(),
             timeout: Duration::from_secs(5),
             publish: Publishing::default(),
+            batch: None,
         }
     }
 

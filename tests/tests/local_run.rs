@@ -34,6 +34,7 @@ fn local_run(dir: &Path, csv: &[u8], provider: Arc<ScriptedProvider>, max_attemp
         },
         timeout: Duration::from_secs(5),
         publish: Publishing::default(),
+        batch: None,
     }
 }
 

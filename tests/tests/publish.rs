@@ -44,6 +44,7 @@ fn local_run(dir: &Path, cms: &MockServer, slack: &MockServer, provider: Scripte
             )),
             public_base_url: Some("https://cdn.example.test/".into()),
         },
+        batch: None,
     }
 }
 

@@ -47,6 +47,7 @@ impl Deps {
                     reserve: RESERVE,
                     rows_per_invocation: config.split_rows_per_invocation,
                 },
+                batches: None,
             },
             bucket: S3ObjectStore::new(clients.s3.clone(), &config.bucket),
         })

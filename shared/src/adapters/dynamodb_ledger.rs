@@ -19,6 +19,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, ReturnValue, Transact
 
 use crate::domain::events::Outcome;
 use crate::domain::rows::InvalidRow;
+use crate::domain::template::Mode;
 use crate::ports::ledger::{
     Action, Advance, Checkpoint, Claim, LedgerError, PAGE_ROWS, Page, RunLedger, RunRecord, RunState, SplitTotals,
     Tally,
@@ -140,6 +141,9 @@ impl DynamoLedger {
             item.insert("model_entry".into(), s(entry));
         }
         item.insert("state".into(), s(run.state.as_str()));
+        if run.mode.is_batch() {
+            item.insert("mode".into(), s("batch"));
+        }
         for (name, value) in [
             ("started_at", run.started_at_ms),
             ("updated_at", run.updated_at_ms),
@@ -355,6 +359,10 @@ fn parse_record(item: &Item) -> Result<RunRecord, LedgerError> {
         started_announced: item.contains_key("start_done"),
         stopped: item.get("stopped").and_then(|v| v.as_s().ok()).cloned(),
         redrives: get_n(item, "redrives"),
+        mode: match get_s(item, "mode") {
+            "batch" => Mode::Batch,
+            _ => Mode::Sync,
+        },
         completed_at_ms: item.contains_key("completed_at").then(|| get_n(item, "completed_at")),
     })
 }

@@ -133,6 +133,14 @@ impl ObjectStore for FsObjectStore {
         tokio::fs::rename(&temp, &path).await.map_err(|e| io_error(&path, e))
     }
 
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path_of(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(io_error(&path, e)),
+            _ => Ok(()),
+        }
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         let path = self.path_of(key)?;
         match tokio::fs::read(&path).await {

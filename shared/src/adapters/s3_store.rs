@@ -255,6 +255,13 @@ impl ObjectStore for S3ObjectStore {
     }
 
     #[tracing::instrument(skip(self))]
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let request = self.client.delete_object().bucket(&self.bucket).key(key);
+        request.send().await.map_err(store_error)?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip(self))]
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         let Some((mut body, _)) = self.open(key).await? else {
             return Ok(None);

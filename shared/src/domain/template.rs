@@ -5,7 +5,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::domain::pattern::{Pattern, PatternError};
 
@@ -94,7 +94,26 @@ struct RawTemplate {
     #[serde(default)]
     source_image: Option<String>,
     #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
     columns: BTreeMap<String, String>,
+}
+
+/// How a run's images are made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// One provider call a row, as the rows arrive.
+    #[default]
+    Sync,
+    /// Through the provider's batch API, in chunks: half the price, results within a day.
+    Batch,
+}
+
+impl Mode {
+    pub fn is_batch(self) -> bool {
+        self == Self::Batch
+    }
 }
 
 fn default_size() -> String {
@@ -113,6 +132,8 @@ pub struct Template {
     pub size: ImageSize,
     /// CSV column holding reference image URLs (`;`-separated) for image-to-image.
     pub source_image: Option<String>,
+    /// `mode = "batch"`: the template's runs go through the provider's batch API.
+    pub mode: Mode,
     columns: BTreeMap<String, String>,
     /// The templates document this template was read from: what a run keeps to read its rows the
     /// same way until it ends.
@@ -227,6 +248,7 @@ impl Template {
             model: raw.model,
             size,
             source_image: raw.source_image,
+            mode: raw.mode,
             columns: raw.columns,
             name,
             document,

@@ -142,6 +142,9 @@ pub struct RunRecord {
     pub stopped: Option<String>,
     /// Times failed rows were sent again (`imagepipe redrive`).
     pub redrives: u64,
+    /// Synchronous calls, or the provider's batch API.
+    #[serde(default)]
+    pub mode: crate::domain::template::Mode,
 }
 
 impl RunRecord {
@@ -174,6 +177,7 @@ impl RunRecord {
             completed_at_ms: None,
             stopped: None,
             redrives: 0,
+            mode: crate::domain::template::Mode::Sync,
         }
     }
 

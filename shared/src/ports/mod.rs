@@ -1,5 +1,6 @@
 //! The ports: the traits the use cases are written against. Adapters implement them.
 
+pub mod batch;
 pub mod ledger;
 pub mod metrics;
 pub mod provider;

@@ -80,6 +80,9 @@ pub trait ObjectStore: Send + Sync {
     /// Writes `object` at `key`, replacing what is there.
     fn put(&self, key: &str, object: NewObject) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Removes the object at `key`; nothing there is not an error.
+    fn delete(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Reads the object at `key`, `None` when absent.
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Bytes>, StoreError>> + Send;
 

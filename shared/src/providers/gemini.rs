@@ -48,7 +48,8 @@ impl super::HttpProvider for GeminiProvider {
 }
 
 impl GeminiProvider {
-    async fn body(&self, request: &ImageRequest) -> Result<Value, ProviderError> {
+    /// The `GenerateContentRequest` for `request` (also a batch input line's `request`).
+    pub(super) async fn body(&self, request: &ImageRequest) -> Result<Value, ProviderError> {
         let mut parts = vec![json!({ "text": request.prompt })];
         for (bytes, mime) in fetch_references(&self.api.fetch, &request.references, request.timeout).await? {
             parts.push(json!({ "inline_data": { "mime_type": mime, "data": BASE64.encode(&bytes) } }));
@@ -110,6 +111,11 @@ fn parse_image(body: &str) -> Result<ProviderImage, ProviderError> {
     let v: Value = serde_json::from_str(body).map_err(|_| ProviderError::Unavailable {
         message: format!("gemini returned a malformed response: {}", snippet(body)),
     })?;
+    image_of(&v)
+}
+
+/// The image of a parsed `GenerateContentResponse` (a call's answer or a batch result's `response`).
+pub(super) fn image_of(v: &Value) -> Result<ProviderImage, ProviderError> {
     if let Some(reason) = v.pointer("/promptFeedback/blockReason").and_then(Value::as_str) {
         return Err(ProviderError::Rejected {
             message: format!("gemini blocked the prompt: {reason}"),
@@ -151,7 +157,7 @@ fn parse_image(body: &str) -> Result<ProviderImage, ProviderError> {
         bytes: Bytes::from(bytes),
         reported_cost_usd: None,
         request_id: v.get("responseId").and_then(Value::as_str).map(str::to_owned),
-        usage: gemini_usage(&v),
+        usage: gemini_usage(v),
     })
 }
 

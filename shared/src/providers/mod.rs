@@ -1,11 +1,14 @@
 //! The providers imagepipe ships, their registry, and what they share (reference signing and checks).
 
 pub mod anycap;
+pub mod batch_http;
 pub mod bedrock;
 pub mod fetch;
 pub mod gemini;
+pub mod gemini_batch;
 pub mod http;
 pub mod openai;
+pub mod openai_batch;
 pub mod placeholder;
 pub mod registry;
 pub mod seedream;

@@ -41,8 +41,17 @@ impl OpenAiProvider {
             .send()
             .await;
         let text = read_response(NAME, response, self.api.api_key()).await?;
-        let bytes = first_data_image(&self.api.fetch, NAME, &text, request.timeout).await?;
-        let usage: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+        self.image_of(&text, request.timeout).await
+    }
+
+    /// The image of an `ImagesResponse` body (a call's answer or a batch result line's `body`).
+    pub(super) async fn image_of(
+        &self,
+        text: &str,
+        timeout: std::time::Duration,
+    ) -> Result<ProviderImage, ProviderError> {
+        let bytes = first_data_image(&self.api.fetch, NAME, text, timeout).await?;
+        let usage: Option<serde_json::Value> = serde_json::from_str(text).ok();
         let tokens = |field: &str| usage.as_ref()?.pointer(&format!("/usage/{field}"))?.as_u64();
         Ok(ProviderImage {
             bytes,
@@ -83,6 +92,21 @@ impl OpenAiProvider {
     }
 }
 
+/// The `/v1/images/generations` body for `request` (also a batch input line's `body`).
+pub(super) fn generation_body(request: &ImageRequest) -> serde_json::Value {
+    let mut body = json!({
+        "model": request.provider_model,
+        "prompt": request.prompt,
+        "size": openai_size(request.size),
+        "output_format": "png",
+        "n": 1,
+    });
+    if let Some(quality) = &request.quality {
+        body["quality"] = json!(quality);
+    }
+    body
+}
+
 /// gpt-image sizes: the one nearest the requested aspect ratio.
 pub fn openai_size(size: ImageSize) -> &'static str {
     let ratio = f64::from(size.width) / f64::from(size.height);
@@ -101,17 +125,7 @@ impl ImageProvider for OpenAiProvider {
         if !request.references.is_empty() {
             return self.edit(request).await;
         }
-        let mut body = json!({
-            "model": request.provider_model,
-            "prompt": request.prompt,
-            "size": openai_size(request.size),
-            "output_format": "png",
-            "n": 1,
-        });
-        if let Some(quality) = &request.quality {
-            body["quality"] = json!(quality);
-        }
-        let post = self.api.client.post(self.api.url("/v1/images/generations")).json(&body);
+        let post = (self.api.client.post(self.api.url("/v1/images/generations"))).json(&generation_body(request));
         self.send(post, request).await
     }
 

@@ -9,7 +9,8 @@ use futures::future::BoxFuture;
 
 use super::http::ApiEndpoint;
 use super::{HttpProvider, ImageProvider, ProviderSetupError};
-use super::{anycap, bedrock, gemini, openai, placeholder, seedream};
+use super::{anycap, bedrock, gemini, gemini_batch, openai, openai_batch, placeholder, seedream};
+use crate::ports::batch::BatchApi;
 
 /// What a provider needs to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +46,7 @@ impl Credentials {
     }
 }
 
+type BuildBatch = fn(&'static ProviderEntry) -> Result<Arc<dyn BatchApi>, ProviderSetupError>;
 type Build = fn(&'static ProviderEntry) -> BoxFuture<'static, Result<Arc<dyn ImageProvider>, ProviderSetupError>>;
 
 /// One provider.
@@ -54,6 +56,8 @@ pub struct ProviderEntry {
     pub about: &'static str,
     pub credentials: Credentials,
     build: Build,
+    /// Its batch API (half price, within a day), where it has one.
+    batch: Option<BuildBatch>,
 }
 
 impl std::fmt::Debug for ProviderEntry {
@@ -66,6 +70,16 @@ impl ProviderEntry {
     /// Builds the provider from the environment (credentials checked now, not at the first row).
     pub async fn build(&'static self) -> Result<Arc<dyn ImageProvider>, ProviderSetupError> {
         (self.build)(self).await
+    }
+
+    /// Its batch client from the environment; `None` when the provider has no batch API.
+    pub fn build_batch(&'static self) -> Option<Result<Arc<dyn BatchApi>, ProviderSetupError>> {
+        self.batch.map(|build| build(self))
+    }
+
+    /// Whether the provider has a batch API.
+    pub fn has_batch(&self) -> bool {
+        self.batch.is_some()
     }
 
     /// The API endpoint from the environment: the key (required) and the base URL.
@@ -99,6 +113,7 @@ pub static PROVIDERS: [ProviderEntry; 6] = [
         about: "offline: a PNG showing the row's key and prompt; no cost",
         credentials: Credentials::None,
         build: |_| Box::pin(async { Ok(Arc::new(placeholder::PlaceholderProvider) as Arc<dyn ImageProvider>) }),
+        batch: None,
     },
     ProviderEntry {
         name: gemini::NAME,
@@ -109,6 +124,7 @@ pub static PROVIDERS: [ProviderEntry; 6] = [
             default_base_url: gemini::DEFAULT_BASE_URL,
         },
         build: http::<gemini::GeminiProvider>,
+        batch: Some(http_batch::<gemini_batch::GeminiBatch>),
     },
     ProviderEntry {
         name: openai::NAME,
@@ -119,6 +135,7 @@ pub static PROVIDERS: [ProviderEntry; 6] = [
             default_base_url: openai::DEFAULT_BASE_URL,
         },
         build: http::<openai::OpenAiProvider>,
+        batch: Some(http_batch::<openai_batch::OpenAiBatch>),
     },
     ProviderEntry {
         name: seedream::NAME,
@@ -129,6 +146,7 @@ pub static PROVIDERS: [ProviderEntry; 6] = [
             default_base_url: seedream::DEFAULT_BASE_URL,
         },
         build: http::<seedream::SeedreamProvider>,
+        batch: None,
     },
     ProviderEntry {
         name: anycap::NAME,
@@ -137,6 +155,7 @@ pub static PROVIDERS: [ProviderEntry; 6] = [
             binary_variable: "IMAGEPIPE_ANYCAP_BIN",
         },
         build: |_| Box::pin(async { Ok(Arc::new(anycap::AnyCapProvider::from_env()) as Arc<dyn ImageProvider>) }),
+        batch: None,
     },
     ProviderEntry {
         name: bedrock::NAME,
@@ -145,6 +164,7 @@ pub static PROVIDERS: [ProviderEntry; 6] = [
         build: |_| {
             Box::pin(async { Ok(Arc::new(bedrock::BedrockProvider::from_env().await?) as Arc<dyn ImageProvider>) })
         },
+        batch: None,
     },
 ];
 
@@ -152,6 +172,12 @@ fn http<P: HttpProvider + ImageProvider + 'static>(
     entry: &'static ProviderEntry,
 ) -> BoxFuture<'static, Result<Arc<dyn ImageProvider>, ProviderSetupError>> {
     Box::pin(async move { Ok(Arc::new(P::from_endpoint(entry.endpoint()?)) as Arc<dyn ImageProvider>) })
+}
+
+fn http_batch<B: HttpProvider + BatchApi + 'static>(
+    entry: &'static ProviderEntry,
+) -> Result<Arc<dyn BatchApi>, ProviderSetupError> {
+    Ok(Arc::new(B::from_endpoint(entry.endpoint()?)) as Arc<dyn BatchApi>)
 }
 
 /// The provider called `name`.

@@ -12,7 +12,8 @@ use crate::domain::report::ImageEntry;
 use crate::ports::store::{IMAGE_CACHE_CONTROL, NewObject, ObjectStore, PutOutcome, StoreError, image_key};
 use crate::providers::http::MAX_IMAGE_BYTES;
 use crate::providers::{
-    ImageProvider, ImageRequest, ReferenceSigner, check_reference_buckets, reference_buckets_from_env, sign_references,
+    ImageProvider, ImageRequest, ProviderImage, ReferenceSigner, check_reference_buckets, reference_buckets_from_env,
+    sign_references,
 };
 
 /// A job's image is in the store.
@@ -68,21 +69,40 @@ pub async fn generate_new<S: ObjectStore>(
     timeout: Duration,
 ) -> Result<Generated, Error> {
     check_reference_buckets(&job.references, &reference_buckets_from_env()).map_err(Error::Input)?;
-    let request = ImageRequest {
-        provider_model: model.provider_model.clone(),
-        quality: model.quality.clone(),
-        key: job.key.to_string(),
-        prompt: job.prompt.clone(),
-        size: job.size,
-        references: sign_references(&job.references, signer).await.map_err(Error::Input)?,
-        seed: job.seed(),
-        timeout,
-    };
+    let references = sign_references(&job.references, signer).await.map_err(Error::Input)?;
+    let request = image_request(job, model, references, timeout);
     let called = std::time::Instant::now();
     let span = tracing::info_span!("provider", provider = provider.name(), model = %request.provider_model);
     let image = tracing::Instrument::instrument(provider.generate(&request), span).await;
     crate::ports::metrics::provider_call(job, provider.name(), called.elapsed());
     let image = image?;
+    let cost_usd = image.reported_cost_usd.unwrap_or_else(|| model.cost_of(&image.usage));
+    store_generated(job, model, store, image, cost_usd).await
+}
+
+/// What `job` asks `model` for.
+pub fn image_request(job: &Job, model: &ModelInfo, references: Vec<String>, timeout: Duration) -> ImageRequest {
+    ImageRequest {
+        provider_model: model.provider_model.clone(),
+        quality: model.quality.clone(),
+        key: job.key.to_string(),
+        prompt: job.prompt.clone(),
+        size: job.size,
+        references,
+        seed: job.seed(),
+        timeout,
+    }
+}
+
+/// Checks the provider's answer is an image and writes it create-if-absent (replacing only a broken
+/// leftover); `cost_usd` is what it cost.
+pub async fn store_generated<S: ObjectStore>(
+    job: &Job,
+    model: &ModelInfo,
+    store: &S,
+    image: ProviderImage,
+    cost_usd: f64,
+) -> Result<Generated, Error> {
     let info = image_format::inspect(&image.bytes)?;
     let object_key = image_key(job.key.as_str(), info.format);
     let bytes = image.bytes.len() as u64;
@@ -95,7 +115,7 @@ pub async fn generate_new<S: ObjectStore>(
         width: Some(info.width),
         height: Some(info.height),
         reused: false,
-        cost_usd: image.reported_cost_usd.unwrap_or_else(|| model.cost_of(&image.usage)),
+        cost_usd,
         credits_used: image.usage.credits,
         replaced_broken,
     })

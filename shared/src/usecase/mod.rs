@@ -1,5 +1,6 @@
 //! The use cases, written against the ports so every driver (CLI, Lambda functions) runs the same code.
 
+pub mod batch;
 pub mod deliver;
 pub mod generate;
 pub mod lease;

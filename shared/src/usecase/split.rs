@@ -16,10 +16,11 @@ use crate::domain::catalog::Catalog;
 use crate::domain::events::{PipelineEvent, now_ms};
 use crate::domain::job::{Job, run_id};
 use crate::domain::rows::{InvalidRow, RowOutcome, RowReader};
-use crate::domain::template::Template;
+use crate::domain::template::{Mode, Template};
 use crate::ports::ledger::{Action, Advance, Checkpoint, Claim, RunLedger, RunRecord, RunState, SplitTotals};
 use crate::ports::queue::{MessageQueue, QueueError};
 use crate::ports::store::StoreError;
+use crate::usecase::batch::{BATCH_REQUESTS, ChunkSink, batch_refusal};
 
 /// Invalid rows written to the ledger per call during the first pass.
 const INVALID_PER_CALL: usize = 500;
@@ -88,6 +89,8 @@ pub struct Splitter<Q, E, K, L> {
     pub continuations: K,
     pub ledger: L,
     pub settings: SplitSettings,
+    /// Where a batch-mode run's chunks go; without it, batch-mode runs are rejected.
+    pub batches: Option<std::sync::Arc<dyn ChunkSink>>,
 }
 
 impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q, E, K, L> {
@@ -106,7 +109,8 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
         let model_name = model
             .or(template.as_ref().ok().map(|t| t.model.as_str()))
             .unwrap_or("-");
-        let run_id = run_id(&[source.name(), source.version(), template_name, model_name]);
+        let mode = template.as_ref().map_or(Mode::Sync, |t| t.mode);
+        let run_id = run_id_of(source.name(), source.version(), template_name, model_name, mode);
         let mut new = RunRecord::new(
             &run_id,
             source.name(),
@@ -117,6 +121,7 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
             now_ms(),
         );
         new.model_entry = catalog.model(model_name).ok().cloned();
+        new.mode = mode;
         new.provider = (self.settings.provider.clone())
             .or_else(|| new.model_entry.as_ref().map(|m| m.provider.clone()))
             .unwrap_or_else(|| "-".into());
@@ -127,6 +132,10 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
         let rejection = match (&template, catalog.model(model_name)) {
             (Err(reason), _) => Some(reason.clone()),
             (Ok(_), Err(unknown)) => Some(unknown.to_string()),
+            (Ok(_), Ok(_)) if mode.is_batch() && self.batches.is_none() => {
+                Some("batch mode is not set up in this deployment".to_owned())
+            }
+            (Ok(_), Ok(model)) if mode.is_batch() => batch_refusal(model_name, model, catalog),
             _ => None,
         };
         let run = self.ledger.create_run(&new).await?;
@@ -341,6 +350,13 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
         deadline_ms: u64,
     ) -> Result<(Checkpoint, bool), Error> {
         let from = run.checkpoint;
+        let batches = self.batches.as_ref().filter(|_| run.mode.is_batch());
+        if let Some(batches) = batches
+            && let Some(record) = batches.recorded(&run.run_id, from.rows_read).await?
+        {
+            // This segment was submitted before (its checkpoint did not move): it ends where it did then.
+            return Ok((record.to, record.to.rows_read >= totals.rows));
+        }
         let offset = if from.offset == 0 {
             totals.header_bytes
         } else {
@@ -363,6 +379,7 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
         let mut to = Checkpoint { offset, ..from };
         let mut finished = true;
         let mut pending = Vec::new();
+        let mut chunk = Vec::new();
         let mut rows = std::pin::pin!(rows);
         let mut in_flight = futures::stream::FuturesUnordered::new();
         while let Some(item) = rows.next().await {
@@ -372,11 +389,19 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
                 && !invalid.has(rendered.row).await?
             {
                 let job = Job::from_row(&run.run_id, &run.model, template.size, rendered);
-                pending.push(serde_json::to_string(&job).unwrap_or_default());
+                if batches.is_some() {
+                    chunk.push(job);
+                } else {
+                    pending.push(serde_json::to_string(&job).unwrap_or_default());
+                }
                 to.sent += 1;
             }
             to.rows_read += 1;
             to.offset = next_offset;
+            if chunk.len() >= BATCH_REQUESTS {
+                finished = to.rows_read >= totals.rows;
+                break;
+            }
             if pending.len() == Q::BATCH_LIMIT {
                 in_flight.push(self.jobs.send_batch(std::mem::take(&mut pending)));
                 while in_flight.len() >= self.settings.send_concurrency.max(1) {
@@ -394,6 +419,9 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
         while let Some(sent) = in_flight.next().await {
             sent?;
         }
+        if let Some(batches) = batches {
+            batches.submit(run, from, to, chunk).await?;
+        }
         crate::ports::metrics::jobs_sent(&run.provider, &run.model, &run.template, to.sent - from.sent);
         Ok((to, finished))
     }
@@ -405,6 +433,15 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
         self.events
             .send_batch(vec![serde_json::to_string(&event).unwrap_or_default()])
             .await
+    }
+}
+
+/// The run id of `source` at `version` with `template` and `model`: the same input always gets the
+/// same run; a batch-mode run of it is another run.
+pub fn run_id_of(source: &str, version: &str, template: &str, model: &str, mode: Mode) -> String {
+    match mode {
+        Mode::Sync => run_id(&[source, version, template, model]),
+        Mode::Batch => run_id(&[source, version, template, model, "batch"]),
     }
 }
 

@@ -55,6 +55,7 @@ fn splitter(rows_per_invocation: u64) -> TestSplitter {
             reserve: Duration::from_secs(30),
             rows_per_invocation,
         },
+        batches: None,
     }
 }
 

@@ -144,6 +144,7 @@ async fn local(latency_ms: u64, concurrency: usize, rows: u64) -> Result<(), Err
         retry: RetryPolicy::default(),
         timeout: Duration::from_secs(60),
         publish: Publishing::default(),
+        batch: None,
     };
     let (cpu, started) = (cpu_time(), Instant::now());
     let report = run.run(|_| {}).await?;
@@ -330,6 +331,7 @@ async fn split(rows: u64) -> Result<(), Error> {
             reserve: Duration::from_secs(30),
             rows_per_invocation: u64::MAX,
         },
+        batches: None,
     };
     let template = TemplateSet::builtin().get("product")?.clone();
     let catalog = imagepipe::domain::catalog::Catalog::builtin();

@@ -21,19 +21,21 @@ use crate::adapters::local_queue::{LocalQueue, Received};
 use crate::adapters::memory_ledger::MemoryLedger;
 use crate::domain::catalog::Catalog;
 use crate::domain::events::{FinalizerInput, PipelineEvent, get_json, now_ms};
-use crate::domain::job::{Job, run_id};
+use crate::domain::job::Job;
 use crate::domain::locations::{Locations, keys};
 use crate::domain::report::{FailureEntry, RunReport};
 use crate::domain::retry::RetryPolicy;
 use crate::domain::template::Template;
+use crate::ports::batch::BatchApi;
 use crate::ports::ledger::{RunLedger, RunRecord, RunState};
 use crate::ports::queue::MessageQueue;
 use crate::ports::store::{NewObject, ObjectStore};
 use crate::providers::{ImageProvider, ReferenceSigner};
+use crate::usecase::batch::{BatchApis, BatchProgress, Batches, ChunkSink};
 use crate::usecase::deliver::{Disposition, FINISH_TIME, Generator, MIN_CALL_TIME, Providers};
 use crate::usecase::plan::{Plan, plan_csv};
 use crate::usecase::record::{Delivery, Recorder};
-use crate::usecase::split::{Continuation, CsvSource, SplitSettings, Splitter};
+use crate::usecase::split::{Continuation, CsvSource, SplitSettings, Splitter, run_id_of};
 use crate::usecase::stops::RunStops;
 use snapshot::{HashingReader, SnapshotCsv, Tee};
 
@@ -53,6 +55,20 @@ pub struct LocalRun {
     /// Per provider call.
     pub timeout: Duration,
     pub publish: Publishing,
+    /// Batch mode (the template's `mode = "batch"`, or `--batch`); `None`: synchronous calls.
+    pub batch: Option<LocalBatch>,
+}
+
+/// A local run in batch mode: chunks go to the provider's batch API and are polled; their state is
+/// kept in `<out>/runs/<run_id>/batches/`, so running the same command again picks them up.
+#[derive(Clone)]
+pub struct LocalBatch {
+    pub api: Arc<dyn BatchApi>,
+    pub poll_every: Duration,
+    /// Rows a batch failed or let expire are tried once more the synchronous way.
+    pub retry_failed: bool,
+    /// Shown after each poll.
+    pub progress: Arc<dyn Fn(&BatchProgress) + Send + Sync>,
 }
 
 /// Where a run reports to, all optional: the CMS, a Slack webhook, and the public URL images are served from.
@@ -75,6 +91,11 @@ pub enum RunError {
     Pipeline(#[from] crate::usecase::Error),
     #[error("cannot write the report: {0}")]
     Report(String),
+    /// Ctrl-C in batch mode: the batches go on at the provider.
+    #[error(
+        "stopped; run {run_id}'s batches go on at the provider. Run the same command again to pick them up (nothing is submitted twice)"
+    )]
+    Paused { run_id: String },
 }
 
 /// How long calls in flight may go on after an interrupt before they are abandoned.
@@ -132,7 +153,7 @@ impl LocalRun {
     ) -> Result<RunReport, RunError> {
         let (plan, snapshot, digest) = self.plan_with_snapshot()?;
         let source = SnapshotCsv::new(plan.file.clone(), digest, snapshot);
-        let run_id = run_id(&[source.name(), source.version(), &plan.template, &plan.model]);
+        let run_id = run_id_of(source.name(), source.version(), &plan.template, &plan.model, plan.mode);
         let store = FsObjectStore::new(&self.out_dir);
         check_writable(&store, &self.out_dir, &run_id).await?;
         let pipeline = Pipeline::new(self, store);
@@ -155,6 +176,10 @@ impl LocalRun {
                 result?;
             }
             () = pipeline.watch(&run_id, &progress, interrupt, &abandon) => {}
+            () = pipeline.poll_batches(&run_id) => {}
+        }
+        if pipeline.batches.is_some() && interrupt.is_cancelled() {
+            return Err(RunError::Paused { run_id });
         }
         get_json::<RunReport, _>(&pipeline.store, &keys::report(&run_id))
             .await
@@ -197,7 +222,10 @@ struct Pipeline {
     /// Outcomes were recorded: progress (or completion) to look at.
     recorded: tokio::sync::Notify,
     retry: RetryPolicy,
+    batches: Option<(Arc<LocalBatches>, LocalBatch)>,
 }
+
+type LocalBatches = Batches<FsObjectStore, LocalQueue, LocalQueue>;
 
 impl Pipeline {
     fn new(run: &LocalRun, store: FsObjectStore) -> Self {
@@ -212,6 +240,18 @@ impl Pipeline {
         let jobs = LocalQueue::new("jobs", capacity, visibility).with_dead_letter(events.clone(), max_attempts);
         let continuations = LocalQueue::new("split", 16, visibility);
         let locations = run.locations();
+        let batches = run.batch.clone().map(|options| {
+            let batches = Batches {
+                store: store.clone(),
+                apis: BatchApis::with(options.api.clone()),
+                jobs: jobs.clone(),
+                events: events.clone(),
+                locations: locations.clone(),
+                retry_failed: options.retry_failed,
+                replay_done: true,
+            };
+            (Arc::new(batches), options)
+        });
         Self {
             splitter: Splitter {
                 jobs: jobs.clone(),
@@ -226,6 +266,7 @@ impl Pipeline {
                     reserve: Duration::ZERO,
                     rows_per_invocation: u64::MAX,
                 },
+                batches: batches.as_ref().map(|(b, _)| b.clone() as Arc<dyn ChunkSink>),
             },
             generator: Generator {
                 store: store.clone(),
@@ -263,6 +304,7 @@ impl Pipeline {
             delivery_time,
             recorded: tokio::sync::Notify::new(),
             retry: run.retry,
+            batches,
         }
     }
 
@@ -386,8 +428,23 @@ impl Pipeline {
         }
     }
 
+    /// Polls the run's batches until the run ends (never, without batches).
+    async fn poll_batches(&self, run_id: &str) {
+        let Some((batches, options)) = &self.batches else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(options.poll_every).await;
+            match batches.poll(run_id).await {
+                Ok(progress) => (options.progress)(&progress),
+                Err(e) => tracing::warn!(error = %e, "batches not polled; trying again at the next poll"),
+            }
+        }
+    }
+
     /// Reports progress until the run is complete; an interrupt stops the run, then abandons the
-    /// calls still in flight after the grace period.
+    /// calls still in flight after the grace period. In batch mode an interrupt ends the watch at
+    /// once: the batches go on at the provider.
     async fn watch(
         &self,
         run_id: &str,
@@ -406,6 +463,7 @@ impl Pipeline {
                 }
             }
             match interrupted_at {
+                None if interrupt.is_cancelled() && self.batches.is_some() => return,
                 None if interrupt.is_cancelled() => {
                     interrupted_at = Some(tokio::time::Instant::now());
                     let reason = "interrupted with Ctrl-C";

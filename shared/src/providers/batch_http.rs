@@ -1,0 +1,142 @@
+//! What both batch APIs share: reading a results file line by line, and checking the ids the
+//! provider hands back before they go into a URL.
+
+use super::ProviderError;
+use super::http::{MAX_ERROR_BODY_BYTES, MAX_RESPONSE_BYTES, json_error_message, status_error, transport_error};
+use crate::adapters::net::read_prefix;
+use crate::domain::redact::redact;
+
+/// Requests a batch holds at most (a chunk of a run). Each result line carries one image as base64
+/// (1–3 MiB at 1–2K), so a finished batch of 500 is up to 1.5 GiB of results: read line by line
+/// that is a few minutes of one function invocation, and a few images in memory at any time. The
+/// providers allow far more (OpenAI 50,000 requests a file), but a batch is also the unit that is
+/// retried and reported, and 500 keeps a 1,000,000-row run to 2,000 batches.
+pub const BATCH_REQUESTS: usize = 500;
+
+/// A control call's JSON answer, or a decision when there is none.
+pub async fn read_json(
+    provider: &str,
+    response: Result<reqwest::Response, reqwest::Error>,
+    key: &str,
+) -> Result<serde_json::Value, ProviderError> {
+    let body = super::http::read_response(provider, response, key).await?;
+    serde_json::from_str(&body).map_err(|_| ProviderError::Unavailable {
+        message: format!(
+            "{provider} returned a malformed response: {}",
+            super::http::snippet(&body)
+        ),
+    })
+}
+
+/// The response of a results download, or a decision when the provider refused it.
+pub async fn opened(
+    provider: &str,
+    response: Result<reqwest::Response, reqwest::Error>,
+    key: &str,
+) -> Result<reqwest::Response, ProviderError> {
+    let response = response.map_err(|e| transport_error(provider, e))?;
+    let (status, headers) = (response.status(), response.headers().clone());
+    if status.is_success() {
+        return Ok(response);
+    }
+    let text = read_prefix(response, MAX_ERROR_BODY_BYTES).await;
+    let message = redact(&json_error_message(&text), &[key]);
+    Err(status_error(provider, status.as_u16(), &headers, &message))
+}
+
+/// The lines of a response body, read as they arrive. A line longer than [`MAX_RESPONSE_BYTES`] is
+/// skipped (its row gets no result and is handled as one the batch did not answer).
+pub struct Lines {
+    response: reqwest::Response,
+    provider: &'static str,
+    buffer: Vec<u8>,
+    skipping: bool,
+    ended: bool,
+}
+
+impl Lines {
+    pub fn new(provider: &'static str, response: reqwest::Response) -> Self {
+        Self {
+            response,
+            provider,
+            buffer: Vec::new(),
+            skipping: false,
+            ended: false,
+        }
+    }
+
+    /// The next non-empty line, without its end.
+    pub async fn next_line(&mut self) -> Result<Option<Vec<u8>>, ProviderError> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.buffer.drain(..=end).collect();
+                line.pop();
+                if std::mem::take(&mut self.skipping) || line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return Ok(Some(line));
+            }
+            if self.ended {
+                let rest = std::mem::take(&mut self.buffer);
+                let blank = rest.iter().all(u8::is_ascii_whitespace) || std::mem::take(&mut self.skipping);
+                return Ok((!blank).then_some(rest));
+            }
+            match self.response.chunk().await {
+                Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk),
+                Ok(None) => self.ended = true,
+                Err(e) => {
+                    return Err(ProviderError::Unavailable {
+                        message: format!("{} results interrupted: {}", self.provider, e.without_url()),
+                    });
+                }
+            }
+            if self.buffer.len() > MAX_RESPONSE_BYTES && !self.buffer.contains(&b'\n') {
+                tracing::warn!(provider = self.provider, "a result line is too long; skipped");
+                self.buffer.clear();
+                self.skipping = true;
+            }
+        }
+    }
+}
+
+/// An id the provider returned, checked to be one path segment of letters, digits, `-` and `_`
+/// (after `prefix`, e.g. `batches/`) before it is put into a URL.
+pub fn checked_id<'a>(provider: &str, id: &'a str, prefix: &str) -> Result<&'a str, ProviderError> {
+    let rest = id.strip_prefix(prefix).unwrap_or("");
+    let fine = !rest.is_empty()
+        && rest.len() <= 200
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if fine {
+        Ok(id)
+    } else {
+        Err(ProviderError::Unavailable {
+            message: format!(
+                "{provider} returned an id that is not one: {:?}",
+                id.chars().take(80).collect::<String>()
+            ),
+        })
+    }
+}
+
+/// The row a result line answers (its `key` or `custom_id`, which is the row number).
+pub fn row_of(provider: &str, key: Option<&str>) -> Result<u64, String> {
+    key.and_then(|k| k.parse().ok())
+        .ok_or_else(|| format!("{provider} result line without a row key: {key:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_one_safe_path_segment() {
+        assert!(checked_id("gemini", "batches/abc-12_3", "batches/").is_ok());
+        for bad in ["batches/../x", "batches/", "files/abc", "batches/a?b", "batches/a/b"] {
+            assert!(checked_id("gemini", bad, "batches/").is_err(), "{bad}");
+        }
+        assert_eq!(row_of("openai", Some("17")), Ok(17));
+        assert!(row_of("openai", Some("x")).is_err());
+    }
+}
