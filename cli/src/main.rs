@@ -88,6 +88,9 @@ enum Command {
         /// Batch mode: seconds between polls of the provider's batches.
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
         poll_secs: u64,
+        /// Batch mode: requests in one batch (at most 500).
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=500))]
+        batch_size: u16,
         /// Batch mode: rows a batch failed or let expire are tried once the synchronous way
         /// (`retry`), or fail with the provider's reason (`fail`).
         #[arg(long, value_enum, default_value_t = BatchFailed::Retry)]
@@ -294,6 +297,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             max_attempts,
             timeout_secs,
             poll_secs,
+            batch_size,
             batch_failed,
         } => {
             let template = load_template(&input)?;
@@ -316,6 +320,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                         api,
                         poll_every: Duration::from_secs(poll_secs),
                         retry_failed: batch_failed == BatchFailed::Retry,
+                        requests: batch_size.into(),
                         progress: Arc::new(move |progress| shown.batches(progress)),
                     })
                 }

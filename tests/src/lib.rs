@@ -1,6 +1,7 @@
 //! Test and benchmark support shared by the workspace's tests: a local Lambda Runtime API and a
 //! checker of CloudWatch Embedded Metric Format output.
 
+pub mod batch_stand_in;
 pub mod emf;
 
 pub mod runtime_api {

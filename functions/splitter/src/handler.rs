@@ -46,6 +46,7 @@ impl Deps {
                     send_concurrency: config.send_concurrency,
                     reserve: RESERVE,
                     rows_per_invocation: config.split_rows_per_invocation,
+                    batch_requests: config.batch_requests,
                 },
                 batches: None,
             },

@@ -4,6 +4,7 @@
 //! local use, or by name as `<NAME>_PARAM`: an SSM parameter (a SecureString, or
 //! `/aws/reference/secretsmanager/<secret-id>` for a Secrets Manager secret), read once per container.
 
+use crate::usecase::batch::BATCH_REQUESTS;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -129,6 +130,11 @@ pub struct Config {
     pub report_link: Duration,
     /// Internal hosts and networks reference and download URLs may reach (`IMAGEPIPE_ALLOW_HOSTS`).
     pub allow_hosts: crate::adapters::net::AllowList,
+    /// Requests in one batch of a batch-mode run (`BATCH_REQUESTS`, at most 500).
+    pub batch_requests: usize,
+    /// Rows a batch failed or let expire go the synchronous way once (`BATCH_FAILED_ROWS=retry`,
+    /// the default) or fail with the provider's reason (`fail`).
+    pub batch_retry_failed: bool,
 }
 
 impl Config {
@@ -178,6 +184,25 @@ impl Config {
                 86_400 * parse::<u64>(&var, "RUN_RETENTION_DAYS", "whole days")?.unwrap_or(90),
             ),
             report_link: report_link(&var)?,
+            batch_requests: parse::<usize>(&var, "BATCH_REQUESTS", "a whole number from 1 to 500")?
+                .filter(|n| (1..=BATCH_REQUESTS).contains(n))
+                .or(var("BATCH_REQUESTS").is_none().then_some(BATCH_REQUESTS))
+                .ok_or_else(|| ConfigError::Invalid {
+                    name: "BATCH_REQUESTS",
+                    value: var("BATCH_REQUESTS").unwrap_or_default(),
+                    expected: "a whole number from 1 to 500",
+                })?,
+            batch_retry_failed: match var("BATCH_FAILED_ROWS").as_deref() {
+                None | Some("retry") => true,
+                Some("fail") => false,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        name: "BATCH_FAILED_ROWS",
+                        value: other.to_owned(),
+                        expected: "retry or fail",
+                    });
+                }
+            },
             allow_hosts: crate::adapters::net::AllowList::parse(&var("IMAGEPIPE_ALLOW_HOSTS").unwrap_or_default())
                 .map_err(|_| ConfigError::Invalid {
                     name: "IMAGEPIPE_ALLOW_HOSTS",

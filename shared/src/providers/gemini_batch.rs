@@ -16,7 +16,7 @@ use super::http::{ApiEndpoint, snippet};
 use super::{HttpProvider, ImageRequest, ProviderError};
 use crate::ports::batch::{BatchApi, BatchResult, BatchState, BatchStatus};
 
-/// How long one control call (upload, create, get, list) may take.
+/// How long one control call may take, unless set otherwise.
 const CALL_TIME: Duration = Duration::from_secs(120);
 /// Batches listed a page, and pages looked through to find one by name (newest first).
 const LIST_PAGE: usize = 100;
@@ -28,21 +28,37 @@ pub struct GeminiBatch {
     api: ApiEndpoint,
     /// Builds each line's `GenerateContentRequest`, as the synchronous client sends it.
     requests: GeminiProvider,
+    /// How long one control call (upload, create, get, list) may take.
+    call_time: Duration,
 }
 
 impl HttpProvider for GeminiBatch {
     fn from_endpoint(api: ApiEndpoint) -> Self {
         let requests = GeminiProvider::from_endpoint(api.clone());
-        Self { api, requests }
+        Self {
+            api,
+            requests,
+            call_time: CALL_TIME,
+        }
     }
 }
 
 impl GeminiBatch {
+    /// With another limit on each control call (upload, create, get, list).
+    pub fn with_call_time(mut self, call_time: Duration) -> Self {
+        self.call_time = call_time;
+        self
+    }
+
     async fn read(&self, request: reqwest::RequestBuilder) -> Result<Value, ProviderError> {
         let key = self.api.api_key();
         read_json(
             NAME,
-            request.header("x-goog-api-key", key).timeout(CALL_TIME).send().await,
+            request
+                .header("x-goog-api-key", key)
+                .timeout(self.call_time)
+                .send()
+                .await,
             key,
         )
         .await
@@ -59,7 +75,7 @@ impl GeminiBatch {
             .header("X-Goog-Upload-Command", "start")
             .header("X-Goog-Upload-Header-Content-Length", lines.len().to_string())
             .header("X-Goog-Upload-Header-Content-Type", "application/jsonl")
-            .timeout(CALL_TIME)
+            .timeout(self.call_time)
             .json(&json!({ "file": { "display_name": name } }))
             .send()
             .await

@@ -16,7 +16,7 @@ use super::openai::{NAME, OpenAiProvider, generation_body};
 use super::{HttpProvider, ImageRequest, ProviderError};
 use crate::ports::batch::{BatchApi, BatchResult, BatchState, BatchStatus};
 
-/// How long one control call (upload, create, get, list) may take.
+/// How long one control call may take, unless set otherwise.
 const CALL_TIME: Duration = Duration::from_secs(120);
 /// Batches listed a page (the most the API gives), and pages looked through to find one by name.
 const LIST_PAGE: usize = 100;
@@ -32,19 +32,31 @@ pub struct OpenAiBatch {
     api: ApiEndpoint,
     /// Reads each result's `ImagesResponse`, as the synchronous client does.
     images: OpenAiProvider,
+    /// How long one control call (upload, create, get, list) may take.
+    call_time: Duration,
 }
 
 impl HttpProvider for OpenAiBatch {
     fn from_endpoint(api: ApiEndpoint) -> Self {
         let images = OpenAiProvider::from_endpoint(api.clone());
-        Self { api, images }
+        Self {
+            api,
+            images,
+            call_time: CALL_TIME,
+        }
     }
 }
 
 impl OpenAiBatch {
+    /// With another limit on each control call (upload, create, get, list).
+    pub fn with_call_time(mut self, call_time: Duration) -> Self {
+        self.call_time = call_time;
+        self
+    }
+
     async fn read(&self, request: reqwest::RequestBuilder) -> Result<Value, ProviderError> {
         let key = self.api.api_key();
-        read_json(NAME, request.bearer_auth(key).timeout(CALL_TIME).send().await, key).await
+        read_json(NAME, request.bearer_auth(key).timeout(self.call_time).send().await, key).await
     }
 
     async fn upload(&self, name: &str, lines: String) -> Result<String, ProviderError> {

@@ -65,6 +65,8 @@ pub struct SplitSettings {
     pub reserve: Duration,
     /// An invocation sends at most this many rows' jobs before continuing in a fresh one.
     pub rows_per_invocation: u64,
+    /// Requests in one batch of a batch-mode run (at most [`BATCH_REQUESTS`]).
+    pub batch_requests: usize,
 }
 
 /// What one invocation did.
@@ -398,7 +400,7 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
             }
             to.rows_read += 1;
             to.offset = next_offset;
-            if chunk.len() >= BATCH_REQUESTS {
+            if chunk.len() >= self.settings.batch_requests.clamp(1, BATCH_REQUESTS) {
                 finished = to.rows_read >= totals.rows;
                 break;
             }

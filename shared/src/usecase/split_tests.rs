@@ -54,6 +54,7 @@ fn splitter(rows_per_invocation: u64) -> TestSplitter {
             send_concurrency: 2,
             reserve: Duration::from_secs(30),
             rows_per_invocation,
+            batch_requests: crate::usecase::batch::BATCH_REQUESTS,
         },
         batches: None,
     }

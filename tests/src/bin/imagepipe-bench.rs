@@ -330,6 +330,7 @@ async fn split(rows: u64) -> Result<(), Error> {
             send_concurrency: concurrency,
             reserve: Duration::from_secs(30),
             rows_per_invocation: u64::MAX,
+            batch_requests: imagepipe::usecase::batch::BATCH_REQUESTS,
         },
         batches: None,
     };

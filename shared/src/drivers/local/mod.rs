@@ -31,7 +31,7 @@ use crate::ports::ledger::{RunLedger, RunRecord, RunState};
 use crate::ports::queue::MessageQueue;
 use crate::ports::store::{NewObject, ObjectStore};
 use crate::providers::{ImageProvider, ReferenceSigner};
-use crate::usecase::batch::{BatchApis, BatchProgress, Batches, ChunkSink};
+use crate::usecase::batch::{BATCH_REQUESTS, BatchApis, BatchProgress, Batches, ChunkSink};
 use crate::usecase::deliver::{Disposition, FINISH_TIME, Generator, MIN_CALL_TIME, Providers};
 use crate::usecase::plan::{Plan, plan_csv};
 use crate::usecase::record::{Delivery, Recorder};
@@ -67,6 +67,8 @@ pub struct LocalBatch {
     pub poll_every: Duration,
     /// Rows a batch failed or let expire are tried once more the synchronous way.
     pub retry_failed: bool,
+    /// Requests in one batch (at most [`BATCH_REQUESTS`]).
+    pub requests: usize,
     /// Shown after each poll.
     pub progress: Arc<dyn Fn(&BatchProgress) + Send + Sync>,
 }
@@ -265,6 +267,7 @@ impl Pipeline {
                     send_concurrency: 4,
                     reserve: Duration::ZERO,
                     rows_per_invocation: u64::MAX,
+                    batch_requests: run.batch.as_ref().map_or(BATCH_REQUESTS, |b| b.requests),
                 },
                 batches: batches.as_ref().map(|(b, _)| b.clone() as Arc<dyn ChunkSink>),
             },
