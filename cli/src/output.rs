@@ -258,6 +258,12 @@ pub fn report(report: &RunReport, path: &Path, json: bool) -> anyhow::Result<()>
         "cost: ${:.4} (estimated ${:.4})",
         report.actual_cost_usd, report.estimated_cost_usd
     )?;
+    if let Some(usd) = report.sync_cost_usd {
+        writeln!(
+            out,
+            "made through the batch API; synchronous calls would have cost ${usd:.4}"
+        )?;
+    }
     if let Some(usd) = report.model_estimate_usd {
         writeln!(
             out,

@@ -230,6 +230,17 @@ async fn a_batch_run_makes_every_image_at_the_batch_price_in_chunks() {
         "{}",
         report.actual_cost_usd
     );
+    assert_eq!(report.mode, Mode::Batch);
+    assert!((report.sync_cost_usd.unwrap() - 10.0 * 0.039).abs() < 1e-9);
+    assert!(
+        (report.estimated_cost_usd - 10.0 * 0.0195).abs() < 1e-9,
+        "estimated at the batch price"
+    );
+    let page = std::fs::read_to_string(dir.path().join(format!("out/runs/{}/report.html", report.run_id))).unwrap();
+    assert!(
+        page.contains("with synchronous calls") && page.contains("$0.3900"),
+        "the page shows both prices"
+    );
     let images = std::fs::read_dir(dir.path().join("out/images/product"))
         .unwrap()
         .count();

@@ -120,6 +120,12 @@ pub struct RunReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_estimate_usd: Option<f64>,
     pub actual_cost_usd: f64,
+    /// Synchronous calls, or the provider's batch API.
+    #[serde(default)]
+    pub mode: crate::domain::template::Mode,
+    /// In batch mode: what the images made would have cost through synchronous calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_cost_usd: Option<f64>,
     pub duration_secs: f64,
     /// The first [`LISTED`] images by row.
     pub images: Vec<ImageEntry>,
@@ -248,6 +254,8 @@ impl ReportBuilder {
                 estimated_cost_usd,
                 model_estimate_usd: None,
                 actual_cost_usd: 0.0,
+                mode: crate::domain::template::Mode::Sync,
+                sync_cost_usd: None,
                 duration_secs: 0.0,
                 images: Vec::new(),
                 failures: Vec::new(),

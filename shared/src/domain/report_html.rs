@@ -189,9 +189,13 @@ fn summary(out: &mut String, page: &Page<'_>) {
     if let Some(usd) = r.model_estimate_usd {
         items.push(("model-estimate", "on the model's own provider", format!("${usd:.4}")));
     }
-    if let Some(price) = page.batch_price_per_image {
-        let generated = r.succeeded.saturating_sub(r.reused) as f64;
-        items.push(("batch", "through the batch API", format!("${:.4}", price * generated)));
+    match (r.sync_cost_usd, page.batch_price_per_image) {
+        (Some(usd), _) => items.push(("sync", "with synchronous calls", format!("${usd:.4}"))),
+        (None, Some(price)) => {
+            let generated = r.succeeded.saturating_sub(r.reused) as f64;
+            items.push(("batch", "through the batch API", format!("${:.4}", price * generated)));
+        }
+        (None, None) => {}
     }
     items.extend([
         ("duration", "duration", format!("{:.1} s", r.duration_secs)),

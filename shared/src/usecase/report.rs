@@ -183,6 +183,11 @@ pub async fn write_report<L: RunLedger, S: ObjectStore>(
     let mut report = builder.finish(duration);
     report.stopped = run.stopped.clone();
     report.redrives = run.redrives;
+    report.mode = run.mode;
+    if run.mode.is_batch() {
+        let made = report.succeeded.saturating_sub(report.reused) as f64;
+        report.sync_cost_usd = run.model_entry.as_ref().map(|m| m.price_per_image * made);
+    }
     if let Some(reason) = &totals.rejected {
         // No job was sent: every row that was not invalid counts as failed, for the run's reason.
         report.rejected = Some(reason.clone());

@@ -262,7 +262,11 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
         source: &C,
         template: &Template,
     ) -> Result<SplitTotals, Error> {
-        let Some(price) = run.model_entry.as_ref().map(|m| m.price_per_image) else {
+        let price = run.model_entry.as_ref().map(|m| match run.mode {
+            Mode::Batch => m.batch_price_per_image.unwrap_or(m.price_per_image),
+            Mode::Sync => m.price_per_image,
+        });
+        let Some(price) = price else {
             return Ok(rejected(format!("unknown model {:?}", run.model)));
         };
         let input = source.open_range(0, None).await?;
