@@ -123,6 +123,10 @@ enum Command {
         /// Model from the stack's catalog; the template's model when absent.
         #[arg(short, long)]
         model: Option<String>,
+        /// Through the provider's batch API: half the price, results within a day (polled every
+        /// `BatchPollSchedule`).
+        #[arg(long)]
+        batch: bool,
         #[command(flatten)]
         follow: Follow,
         #[command(flatten)]
@@ -205,11 +209,12 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             csv,
             template,
             model,
+            batch,
             follow,
             stack,
         } => {
             let stack = stack.resolve().await?;
-            let (run_id, source) = stack::submit(&stack, &csv, &template, model.as_deref()).await?;
+            let (run_id, source) = stack::submit(&stack, &csv, &template, model.as_deref(), batch).await?;
             if !follow.wait {
                 output::submitted(&run_id, &source, follow.json)?;
                 return Ok(ExitCode::SUCCESS);

@@ -11,12 +11,16 @@ use imagepipe::adapters::dynamodb_ledger::DynamoLedger;
 use imagepipe::adapters::s3_store::S3ObjectStore;
 use imagepipe::domain::deployment::{DeploymentConfig, MODELS_KEY, TEMPLATES_KEY};
 use imagepipe::domain::report::RunReport;
+use imagepipe::domain::template::Mode;
 use imagepipe::drivers::lambda::AwsClients;
 use imagepipe::ports::ledger::{RunLedger, RunRecord, RunState};
 use imagepipe::ports::store::{NewObject, ObjectStore};
+use imagepipe::usecase::batch::batch_refusal;
+use imagepipe::usecase::split::run_id_of;
 
 /// The user metadata naming a submitted run's model (read by the splitter).
 const MODEL_METADATA: &str = "imagepipe-model";
+const MODE_METADATA: &str = "imagepipe-mode";
 
 /// Where a deployed stack keeps things.
 #[derive(clap::Args, Debug, Clone)]
@@ -183,18 +187,26 @@ pub async fn push_config(
     Ok(pushed)
 }
 
-/// Uploads `csv` as `incoming/<template>/<file name>` (with `model`, when given, in its metadata);
+/// Uploads `csv` as `incoming/<template>/<file name>` (with `model`, and batch mode when asked
+/// for, in its metadata);
 /// returns the run id the splitter will give it, and where the CSV went.
 pub async fn submit(
     stack: &Stack,
     csv: &Path,
     template: &str,
     model: Option<&str>,
+    batch: bool,
 ) -> anyhow::Result<(String, String)> {
     let config = DeploymentConfig::load(&stack.store()).await?;
-    let template_model = config.templates.get(template)?.model.clone();
-    let model = model.map_or(template_model, str::to_owned);
-    config.catalog.model(&model)?;
+    let chosen = config.templates.get(template)?;
+    let model = model.map_or(chosen.model.clone(), str::to_owned);
+    let info = config.catalog.model(&model)?;
+    let mode = if batch { Mode::Batch } else { chosen.mode };
+    if mode.is_batch()
+        && let Some(refusal) = batch_refusal(&model, info, &config.catalog)
+    {
+        anyhow::bail!(refusal);
+    }
     let name = csv
         .file_name()
         .and_then(|n| n.to_str())
@@ -203,21 +215,22 @@ pub async fn submit(
     let body = aws_sdk_s3::primitives::ByteStream::from_path(csv)
         .await
         .with_context(|| format!("cannot read {}", csv.display()))?;
-    let put = (stack.clients.s3.put_object())
+    let mut put = (stack.clients.s3.put_object())
         .bucket(&stack.bucket)
         .key(&key)
         .content_type("text/csv")
-        .metadata(MODEL_METADATA, &model)
+        .metadata(MODEL_METADATA, &model);
+    if batch {
+        put = put.metadata(MODE_METADATA, "batch");
+    }
+    let put = put
         .body(body)
         .send()
         .await
         .with_context(|| format!("cannot upload to s3://{}/{key}", stack.bucket))?;
     let etag = put.e_tag().unwrap_or_default().trim_matches('"').to_owned();
     let source = format!("s3://{}/{key}", stack.bucket);
-    Ok((
-        imagepipe::domain::job::run_id(&[&source, &etag, template, &model]),
-        source,
-    ))
+    Ok((run_id_of(&source, &etag, template, &model, mode), source))
 }
 
 /// Sends the failed rows of `run_id` again (those worth retrying, or `all` of them); returns how

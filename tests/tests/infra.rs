@@ -61,3 +61,58 @@ fn every_function_package_is_deployed_from_its_cargo_lambda_directory() {
         );
     }
 }
+
+/// The lines of the top-level section or resource `name` (up to the next one at its indent).
+fn block(name: &str) -> Vec<&'static str> {
+    let lines: Vec<&str> = TEMPLATE.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.trim_end() == format!("{name}:") || l.trim_end() == format!("  {name}:"))
+        .unwrap_or_else(|| panic!("{name} is not in the template"));
+    let indent = lines[start].len() - lines[start].trim_start().len();
+    let end = (start + 1..lines.len())
+        .find(|&i| {
+            let line = lines[i];
+            !line.trim().is_empty()
+                && !line.trim_start().starts_with('#')
+                && line.len() - line.trim_start().len() <= indent
+        })
+        .unwrap_or(lines.len());
+    lines[start..end].to_vec()
+}
+
+#[test]
+fn each_function_reads_only_the_secrets_its_role_may_read() {
+    // A function reads every `_PARAM` secret it is given when it starts; one it may not read stops it.
+    assert!(
+        !block("Globals").iter().any(|l| l.contains("_PARAM:")),
+        "no secret for every function"
+    );
+    for function in ["SplitterFunction", "GeneratorFunction", "FinalizerFunction"] {
+        let lines = block(function);
+        let given: Vec<&str> = lines
+            .iter()
+            .filter(|l| l.contains("_PARAM: !Ref "))
+            .filter_map(|l| l.split("!Ref ").nth(1))
+            .collect();
+        let granted: Vec<&str> = lines
+            .iter()
+            .filter(|l| l.contains(":parameter${"))
+            .filter_map(|l| l.split(":parameter${").nth(1)?.split('}').next())
+            .collect();
+        assert!(!given.is_empty(), "{function} is given its secrets by name");
+        let mut sorted = (given.clone(), granted.clone());
+        sorted.0.sort_unstable();
+        sorted.1.sort_unstable();
+        assert_eq!(
+            sorted.0, sorted.1,
+            "{function}: secrets given {given:?}, readable {granted:?}"
+        );
+    }
+    assert!(block("FinalizerFunction").iter().all(|l| !l.contains("API_KEY_PARAM")));
+    assert!(
+        block("GeneratorFunction")
+            .iter()
+            .all(|l| !l.contains("CMS_TOKEN_PARAM"))
+    );
+}

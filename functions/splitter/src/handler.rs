@@ -1,6 +1,8 @@
-//! Decodes the trigger (S3 `ObjectCreated`, a scheduled run input, or continuations from the
-//! splitter's own queue), picks template and model, and runs the split use case.
+//! Decodes the trigger (S3 `ObjectCreated`, a scheduled run input, continuations from the
+//! splitter's own queue, or the batch poll schedule), picks template, model and mode, and runs the
+//! split use case, or polls the open batch-mode runs' batches.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::event::s3::S3Event;
@@ -9,15 +11,22 @@ use imagepipe::adapters::dynamodb_ledger::DynamoLedger;
 use imagepipe::adapters::s3_store::{S3Csv, S3ObjectStore};
 use imagepipe::adapters::sqs_queue::SqsQueue;
 use imagepipe::domain::deployment::DeploymentConfig;
+use imagepipe::domain::locations::Locations;
+use imagepipe::domain::template::Mode;
 use imagepipe::drivers::config::{Config, ConfigError};
 use imagepipe::drivers::lambda::{AwsClients, Record, each_record, ledger};
 use imagepipe::ports::ledger::RunLedger;
+use imagepipe::usecase::batch::{BatchApis, Batches, ChunkSink};
 use imagepipe::usecase::split::{Continuation, CsvSource, Split, SplitSettings, Splitter};
 use lambda_runtime::{Error, LambdaEvent};
 use serde::{Deserialize, Serialize};
 
 /// The user metadata of an uploaded CSV naming the run's model (`imagepipe submit --model`).
 pub const MODEL_METADATA: &str = "imagepipe-model";
+/// The user metadata of an uploaded CSV asking for batch mode (`imagepipe submit --batch`).
+pub const MODE_METADATA: &str = "imagepipe-mode";
+/// A batch is not started being read with less time than this left in the invocation.
+const COLLECT_TIME: Duration = Duration::from_secs(300);
 
 /// An invocation stops sending this long before its deadline and continues in a fresh one.
 const RESERVE: Duration = Duration::from_secs(30);
@@ -26,14 +35,28 @@ const RESERVE: Duration = Duration::from_secs(30);
 pub struct Deps {
     pub clients: AwsClients,
     pub splitter: Splitter<SqsQueue, SqsQueue, SqsQueue, DynamoLedger>,
+    /// Batch-mode runs' chunks: submitted while splitting, collected by the poll schedule.
+    pub batches: Arc<Batches<S3ObjectStore, SqsQueue, SqsQueue>>,
     /// The deployment's bucket: its `config/` files extend the built-in templates and models.
     pub bucket: S3ObjectStore,
 }
 
 impl Deps {
     pub fn new(clients: &AwsClients, config: Config) -> Result<Self, ConfigError> {
+        let bucket = S3ObjectStore::new(clients.s3.clone(), &config.bucket);
+        let batches = Arc::new(Batches {
+            store: bucket.clone(),
+            apis: BatchApis::from_env(),
+            jobs: SqsQueue::new(clients.sqs.clone(), config.jobs_queue_url()?),
+            events: SqsQueue::new(clients.sqs.clone(), config.events_queue_url()?),
+            locations: Locations::bucket(&config.bucket, config.public_base_url.clone()),
+            retry_failed: config.batch_retry_failed,
+            // The ledger keeps every outcome: a chunk found done has nothing to send again.
+            replay_done: false,
+        });
         Ok(Self {
             clients: clients.clone(),
+            batches: batches.clone(),
             splitter: Splitter {
                 jobs: SqsQueue::new(clients.sqs.clone(), config.jobs_queue_url()?),
                 events: SqsQueue::new(clients.sqs.clone(), config.events_queue_url()?),
@@ -48,9 +71,9 @@ impl Deps {
                     rows_per_invocation: config.split_rows_per_invocation,
                     batch_requests: config.batch_requests,
                 },
-                batches: None,
+                batches: Some(batches as Arc<dyn ChunkSink>),
             },
-            bucket: S3ObjectStore::new(clients.s3.clone(), &config.bucket),
+            bucket,
         })
     }
 }
@@ -74,6 +97,9 @@ pub struct ScheduledRun {
     pub csv: String,
     pub template: Option<String>,
     pub model: Option<String>,
+    /// `batch`: through the provider's batch API; `sync` or absent: the template's mode.
+    #[serde(default)]
+    pub mode: Option<String>,
 }
 
 /// One CSV to split.
@@ -85,6 +111,8 @@ pub struct Request {
     pub etag: Option<String>,
     pub template: Option<String>,
     pub model: Option<String>,
+    /// Batch mode asked for by the schedule's input (the template's mode otherwise).
+    pub batch: bool,
 }
 
 /// What one CSV became, returned to the invoker.
@@ -136,6 +164,7 @@ pub fn requests(event: serde_json::Value) -> Result<Vec<Request>, String> {
                     key,
                     etag: r.s3.object.e_tag.filter(|e| !e.is_empty()).or(r.s3.object.version_id),
                     model: None,
+                    batch: false,
                 })
             })
             .collect();
@@ -148,6 +177,11 @@ pub fn requests(event: serde_json::Value) -> Result<Vec<Request>, String> {
     let run: ScheduledRun = serde_json::from_value(input).map_err(|e| {
         format!("not an S3 event nor a scheduled run input {{\"csv\": \"s3://bucket/key\", \"template\": …, \"model\": …}}: {e}")
     })?;
+    let batch = match run.mode.as_deref().unwrap_or_default() {
+        "batch" => true,
+        "" | "sync" => false,
+        other => return Err(format!("mode {other:?} is not one: \"batch\" or \"sync\"")),
+    };
     let (bucket, key) = run
         .csv
         .strip_prefix("s3://")
@@ -164,6 +198,7 @@ pub fn requests(event: serde_json::Value) -> Result<Vec<Request>, String> {
             .filter(|t| !t.is_empty())
             .or_else(|| template_from_key(key)),
         model: run.model.filter(|m| !m.is_empty()),
+        batch,
     }])
 }
 
@@ -199,6 +234,9 @@ fn url_decode(text: &str) -> String {
 /// Splits every CSV the event names, or goes on with the runs of a batch of continuations.
 pub async fn handle(deps: &Deps, event: LambdaEvent<serde_json::Value>) -> Result<serde_json::Value, Error> {
     let deadline = event.context.deadline;
+    if event.payload.get(POLL_EVENT).is_some() {
+        return Ok(serde_json::to_value(poll_batches(deps, deadline).await?)?);
+    }
     if is_sqs(&event.payload) {
         let batch: SqsEvent = serde_json::from_value(event.payload)?;
         return Ok(serde_json::to_value(continue_runs(deps, batch, deadline).await)?);
@@ -226,6 +264,7 @@ async fn split_one(deps: &Deps, request: Request, deadline: u64) -> Result<Outco
         .ok_or_else(|| format!("{} does not exist", source_store.uri(&request.key)))?;
     let etag = request.etag.clone().unwrap_or(head_etag);
     let model = request.model.clone().or_else(|| metadata.get(MODEL_METADATA).cloned());
+    let batch = request.batch || metadata.get(MODE_METADATA).is_some_and(|m| m == "batch");
     let source = S3Csv::new(source_store, &request.key, &etag);
     // A broken config file rejects the run (file, line, problem in the report and in Slack).
     let (config, template) = match DeploymentConfig::load(&deps.bucket).await {
@@ -236,11 +275,67 @@ async fn split_one(deps: &Deps, request: Request, deadline: u64) -> Result<Outco
         Err(reason) => (DeploymentConfig::from_texts(None, None)?, Err(reason.to_string())),
     };
     let template = template.and_then(|name| config.templates.get(&name).map_err(|e| e.to_string()));
+    let template = template.map(|t| {
+        let mut template = t.clone();
+        if batch {
+            template.mode = Mode::Batch;
+        }
+        template
+    });
     let split = deps
         .splitter
-        .split(&source, template, model.as_deref(), &config.catalog, deadline)
+        .split(
+            &source,
+            template.as_ref().map_err(String::clone),
+            model.as_deref(),
+            &config.catalog,
+            deadline,
+        )
         .await?;
     Ok(Outcome::of(source.name(), split))
+}
+
+/// The input of the batch poll schedule: `{"poll_batches": true}`.
+pub const POLL_EVENT: &str = "poll_batches";
+
+/// What one poll found, returned to the invoker.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Polled {
+    /// Open batch-mode runs looked at.
+    pub runs: u64,
+    /// Batches still at the provider, and those whose results were read now.
+    pub waiting: u64,
+    pub collected: u64,
+}
+
+/// Polls the batches of every open batch-mode run, reading those finished while the invocation has
+/// time; a run whose poll fails is logged and polled again at the next schedule.
+async fn poll_batches(deps: &Deps, deadline: u64) -> Result<Polled, Error> {
+    let mut polled = Polled::default();
+    let stop_by = deadline.saturating_sub(COLLECT_TIME.as_millis() as u64);
+    for run_id in deps.splitter.ledger.open_runs().await? {
+        let Some(run) = deps.splitter.ledger.run(&run_id).await? else {
+            continue;
+        };
+        if !run.mode.is_batch() {
+            continue;
+        }
+        polled.runs += 1;
+        match deps.batches.poll(&run_id, stop_by).await {
+            Ok(progress) => {
+                polled.waiting += progress.waiting;
+                polled.collected += progress.collected;
+            }
+            Err(e) => tracing::warn!(%run_id, error = %e, "batches not polled; trying again at the next poll"),
+        }
+    }
+    tracing::info!(
+        runs = polled.runs,
+        waiting = polled.waiting,
+        collected = polled.collected,
+        "batches polled"
+    );
+    Ok(polled)
 }
 
 /// Continues each run named by the batch; a run that could not go on comes back.
@@ -295,8 +390,19 @@ mod tests {
                 etag: Some("0123456789abcdef0123456789abcdef".into()),
                 template: Some("product_hero".into()),
                 model: None,
+                batch: false,
             }]
         );
+    }
+
+    #[test]
+    fn a_schedule_input_may_ask_for_batch_mode() {
+        let event = serde_json::json!({"csv": "s3://b/schedules/a.csv", "template": "product", "mode": "batch"});
+        assert!(requests(event).unwrap()[0].batch);
+        let event = serde_json::json!({"csv": "s3://b/schedules/a.csv", "mode": "sync"});
+        assert!(!requests(event).unwrap()[0].batch);
+        let error = requests(serde_json::json!({"csv": "s3://b/a.csv", "mode": "cheap"})).unwrap_err();
+        assert!(error.contains("\"batch\" or \"sync\""), "{error}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub fn secret_variables() -> Vec<&'static str> {
 }
 
 /// Every variable [`Config::from_env`] reads (besides the secrets and their `_PARAM` forms).
-pub const VARIABLES: [&str; 27] = [
+pub const VARIABLES: [&str; 29] = [
     "IMAGEPIPE_BUCKET",
     "LEDGER_TABLE",
     "JOBS_QUEUE_URL",
@@ -45,6 +45,8 @@ pub const VARIABLES: [&str; 27] = [
     "RECONCILE_SILENCE_SECS",
     "RUN_RETENTION_DAYS",
     "REPORT_LINK_SECS",
+    "BATCH_REQUESTS",
+    "BATCH_FAILED_ROWS",
     // Read by the providers themselves: another API endpoint (a proxy, a region); empty for the default.
     "IMAGEPIPE_GEMINI_BASE_URL",
     "IMAGEPIPE_OPENAI_BASE_URL",

@@ -294,8 +294,9 @@ impl<S: ObjectStore, J: MessageQueue, E: MessageQueue> Batches<S, J, E> {
         self.write_record(&open, &record).await
     }
 
-    /// Checks each open chunk of `run_id` at its provider and reads the results of those finished.
-    pub async fn poll(&self, run_id: &str) -> Result<BatchProgress, Error> {
+    /// Checks each open chunk of `run_id` at its provider and reads the results of those finished,
+    /// starting no reading after `stop_by_ms` (those are read at the next poll).
+    pub async fn poll(&self, run_id: &str, stop_by_ms: u64) -> Result<BatchProgress, Error> {
         let mut progress = BatchProgress::default();
         for key in self.store.list(&keys::open_prefix(run_id)).await? {
             let Some(mut record) = self.read_record(&key).await? else {
@@ -308,7 +309,7 @@ impl<S: ObjectStore, J: MessageQueue, E: MessageQueue> Batches<S, J, E> {
                 continue;
             };
             let status = api.status(&id).await?;
-            if !status.state.is_final() {
+            if !status.state.is_final() || now_ms() > stop_by_ms {
                 progress.waiting += 1;
                 progress.requests += status.total.unwrap_or(record.requests);
                 progress.done += status.done.unwrap_or(0) + status.failed.unwrap_or(0);
