@@ -29,6 +29,8 @@ pub struct Script {
     pub slow_first_create: Option<Duration>,
     /// Every batch ends expired, with results only for rows not in `expire`.
     pub expire_batches: bool,
+    /// The API key callers must send; `test-key` when `None`.
+    pub api_key: Option<String>,
 }
 
 impl Script {
@@ -67,13 +69,15 @@ struct State {
 /// A running stand-in: its address, and what it was asked.
 #[derive(Clone)]
 pub struct StandIn {
-    pub server: Arc<MockServer>,
+    uri: String,
+    /// The server, when the stand-in has its own.
+    _server: Option<Arc<MockServer>>,
     state: Arc<Mutex<State>>,
 }
 
 impl StandIn {
     pub fn uri(&self) -> String {
-        self.server.uri()
+        self.uri.clone()
     }
 
     /// Batches created (each one paid for).
@@ -154,6 +158,20 @@ pub async fn openai(script: Script) -> StandIn {
 
 async fn start(script: Script, api: Api) -> StandIn {
     let server = MockServer::start().await;
+    let mut stand_in = mount(&server, matchers::path_regex("^/"), script, api).await;
+    stand_in._server = Some(Arc::new(server));
+    stand_in
+}
+
+/// The Gemini batch endpoints (upload, create, get, list, download) on a server that answers the
+/// synchronous calls itself.
+pub async fn mount_gemini(server: &MockServer, script: Script) -> StandIn {
+    let batch_paths =
+        r"^/(upload/v1beta/files|v1beta/batches.*|v1beta/models/[^/]+:batchGenerateContent|download/v1beta/.*)$";
+    mount(server, matchers::path_regex(batch_paths), script, Api::Gemini).await
+}
+
+async fn mount(server: &MockServer, paths: matchers::PathRegexMatcher, script: Script, api: Api) -> StandIn {
     let state = Arc::new(Mutex::new(State {
         script,
         ..State::default()
@@ -163,21 +181,26 @@ async fn start(script: Script, api: Api) -> StandIn {
         uri: server.uri(),
         api,
     };
-    Mock::given(matchers::any()).respond_with(handler).mount(&server).await;
+    Mock::given(paths)
+        .respond_with(handler)
+        .with_priority(1)
+        .mount(server)
+        .await;
     StandIn {
-        server: Arc::new(server),
+        uri: server.uri(),
+        _server: None,
         state,
     }
 }
 
 impl Respond for Handler {
     fn respond(&self, request: &Request) -> ResponseTemplate {
+        let key = self.lock().script.api_key.clone().unwrap_or_else(|| "test-key".into());
         let authorised = match self.api {
-            Api::Gemini => request.headers.get("x-goog-api-key").is_some_and(|k| k == "test-key"),
-            Api::OpenAi => request
-                .headers
-                .get("authorization")
-                .is_some_and(|k| k == "Bearer test-key"),
+            Api::Gemini => request.headers.get("x-goog-api-key").is_some_and(|k| k == key.as_str()),
+            Api::OpenAi => {
+                (request.headers.get("authorization")).is_some_and(|k| k == format!("Bearer {key}").as_str())
+            }
         };
         let path = request.url.path().to_owned();
         let upload_session =

@@ -15,6 +15,7 @@
 
 mod support;
 
+use imagepipe_tests::batch_stand_in::{self, Script};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -254,6 +255,18 @@ async fn the_deployed_stack_runs_uploads_and_schedules_end_to_end() {
         .respond_with(ResponseTemplate::new(200))
         .mount(&cms)
         .await;
+    // Batch mode: the Gemini Batch API on the same endpoint as the synchronous calls.
+    let batch_api = batch_stand_in::mount_gemini(
+        &gemini,
+        Script {
+            api_key: Some("stack-gemini-key".into()),
+            polls_per_state: 1,
+            ..Script::default()
+        },
+    )
+    .await;
+    let batch_key = "incoming/product/batch.csv";
+    let batch_csv = "sku,name,color\nSKU-B1,Batch mug,red\nSKU-B2,Batch cup,blue\nSKU-B3,Batch bowl,green\n";
     let bucket = format!("{stack}-000000000000-us-east-1");
     // The completion message of the `late` run meets a Slack that never answers (every attempt of
     // the first finalizer times out), then one that does.
@@ -299,6 +312,8 @@ async fn the_deployed_stack_runs_uploads_and_schedules_end_to_end() {
         "GeneratorTimeout=60".to_owned(),
         "ScheduleExpression=rate(1 minute)".to_owned(),
         "ReconcileSchedule=rate(1 minute)".to_owned(),
+        "BatchPollSchedule=rate(1 minute)".to_owned(),
+        "BatchRequests=2".to_owned(),
         "SplitRowsPerInvocation=3".to_owned(),
         format!("ScheduleCsv=s3://{bucket}/schedules/articles.csv"),
         "ScheduleTemplate=blog_hero".to_owned(),
@@ -339,14 +354,14 @@ async fn the_deployed_stack_runs_uploads_and_schedules_end_to_end() {
         ),
         ("schedules/articles.csv", include_str!("../../events/articles.csv")),
         (late_key, late_csv),
+        (batch_key, batch_csv),
     ] {
-        s3.put_object()
-            .bucket(&bucket)
-            .key(key)
-            .body(csv.as_bytes().to_vec().into())
-            .send()
-            .await
-            .unwrap();
+        let mut put = s3.put_object().bucket(&bucket).key(key);
+        if key == batch_key {
+            // What `imagepipe submit --batch` sets.
+            put = put.metadata("imagepipe-mode", "batch");
+        }
+        put.body(csv.as_bytes().to_vec().into()).send().await.unwrap();
     }
 
     let clean = wait_for_report(&bucket, "incoming/product_hero/clean.csv", Duration::from_secs(120)).await;
@@ -406,6 +421,34 @@ async fn the_deployed_stack_runs_uploads_and_schedules_end_to_end() {
     let late = wait_for_report(&bucket, late_key, Duration::from_secs(300)).await;
     assert_eq!((late.rows, late.succeeded), (2, 2));
 
+    // The batch-mode run: 3 rows in batches of 2, submitted by the splitter, read by the poll schedule.
+    let batch = wait_for_report(&bucket, batch_key, Duration::from_secs(300)).await;
+    assert_eq!((batch.rows, batch.succeeded, batch.failed), (3, 3, 0), "{batch:?}");
+    assert_eq!(batch.mode, imagepipe::domain::template::Mode::Batch);
+    assert!(
+        (batch.actual_cost_usd - 3.0 * 0.0195).abs() < 1e-9,
+        "batch price: {}",
+        batch.actual_cost_usd
+    );
+    assert!((batch.sync_cost_usd.unwrap() - 3.0 * 0.039).abs() < 1e-9);
+    assert_eq!(batch_api.batches_created(), 2);
+    assert!(
+        batch_api
+            .batch_names()
+            .iter()
+            .all(|n| n.starts_with(&format!("imagepipe-{}-", batch.run_id))),
+        "{:?}",
+        batch_api.batch_names()
+    );
+    let done = s3
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix(format!("runs/{}/batches/done/", batch.run_id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.contents().len(), 2, "each batch's record is kept with the run");
+
     let scheduled = wait_for_report(&bucket, "schedules/articles.csv", Duration::from_secs(150)).await;
     assert_eq!(
         (scheduled.template.as_str(), scheduled.failed, scheduled.invalid),
@@ -423,7 +466,7 @@ async fn the_deployed_stack_runs_uploads_and_schedules_end_to_end() {
         .await
         .unwrap();
     let keys: Vec<&str> = images.contents().iter().filter_map(|o| o.key()).collect();
-    let made = clean.succeeded + faulty.succeeded + scheduled.succeeded + late.succeeded;
+    let made = clean.succeeded + faulty.succeeded + scheduled.succeeded + late.succeeded + batch.succeeded;
     assert_eq!(keys.len() as u64, made, "{keys:?}");
     // One CMS update per product image; one completion message per run (the schedule may fire again: no new run).
     let patches = cms.received_requests().await.unwrap();
@@ -431,7 +474,7 @@ async fn the_deployed_stack_runs_uploads_and_schedules_end_to_end() {
     // The report is written before the message: the reconciler's retry may still be on its way.
     let late_finished = format!("`{late_run}` finished");
     wait_for_texts(&slack, &late_finished, 4, Duration::from_secs(180)).await;
-    wait_for_completions(&slack, 4 + 3, Duration::from_secs(30)).await;
+    wait_for_completions(&slack, 4 + 4, Duration::from_secs(30)).await;
     let texts = support::slack_texts(&slack).await;
     // Slack received the late run's message four times: three attempts it never answered, then one it accepted.
     let late_texts = texts
@@ -440,7 +483,7 @@ async fn the_deployed_stack_runs_uploads_and_schedules_end_to_end() {
         .count();
     assert_eq!(late_texts, 4, "{texts:#?}");
     let finished = texts.iter().filter(|t| t.contains("finished")).count();
-    assert_eq!(finished, 4 + 3, "one message for each other run: {texts:#?}");
+    assert_eq!(finished, 4 + 4, "one message for each other run: {texts:#?}");
     assert!(
         texts
             .iter()

@@ -3,6 +3,8 @@
 //! Slack; the guarded HTTP client every download goes through (`net`).
 
 pub mod dynamodb_ledger;
+#[cfg(any(test, feature = "test-util"))]
+pub mod failing;
 pub mod fs_store;
 pub mod http_publish;
 pub mod local_queue;

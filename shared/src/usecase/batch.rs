@@ -505,3 +505,7 @@ fn json_object(record: &BatchRecord) -> NewObject {
 fn tokio_stream_of<T: Send + 'static>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }
+
+#[cfg(test)]
+#[path = "batch_tests.rs"]
+mod tests;
