@@ -152,6 +152,21 @@ fn world(api: FakeBatchApi) -> World {
     }
 }
 
+impl World {
+    /// Submits the run's first chunk: rows 1 to `rows`.
+    async fn submit(&self, rows: u64) -> Result<(), Error> {
+        (self.batches)
+            .submit(&self.run, checkpoint(0), checkpoint(rows), jobs(1..=rows))
+            .await
+    }
+
+    /// Whether the first chunk's record has its batch's id.
+    async fn created_chunk(&self) -> bool {
+        let record = self.batches.recorded(RUN, 0).await.unwrap();
+        record.is_some_and(|r| r.id.is_some())
+    }
+}
+
 fn jobs(rows: std::ops::RangeInclusive<u64>) -> Vec<Job> {
     rows.map(|row| Job {
         run_id: RUN.into(),
@@ -181,14 +196,8 @@ fn events(queue: &MemoryQueue) -> Vec<PipelineEvent> {
 #[tokio::test]
 async fn a_repeated_segment_finds_its_chunk_and_creates_nothing() {
     let w = world(FakeBatchApi::new(1, |_| Ok(())));
-    w.batches
-        .submit(&w.run, checkpoint(0), checkpoint(3), jobs(1..=3))
-        .await
-        .unwrap();
-    w.batches
-        .submit(&w.run, checkpoint(0), checkpoint(3), jobs(1..=3))
-        .await
-        .unwrap();
+    w.submit(3).await.unwrap();
+    w.submit(3).await.unwrap();
     assert_eq!(w.api.created(), 1);
     let record = w.batches.recorded(RUN, 0).await.unwrap().unwrap();
     assert_eq!(
@@ -202,12 +211,9 @@ async fn a_repeated_segment_finds_its_chunk_and_creates_nothing() {
 async fn a_creation_whose_answer_was_lost_is_found_not_paid_again() {
     let w = world(FakeBatchApi::new(1, |_| Ok(())));
     *w.api.lose_next_answer.lock().unwrap() = true;
-    w.batches
-        .submit(&w.run, checkpoint(0), checkpoint(2), jobs(1..=2))
-        .await
-        .unwrap();
+    w.submit(2).await.unwrap();
     assert_eq!(w.api.created(), 1);
-    assert!(w.batches.recorded(RUN, 0).await.unwrap().unwrap().id.is_some());
+    assert!(w.created_chunk().await);
 }
 
 #[tokio::test]
@@ -217,18 +223,12 @@ async fn a_record_left_without_an_id_is_completed_from_the_providers_list() {
     // the record is left without an id (the jobs file is write 1, the record 2, the id 3).
     w.batches.store.fail_at(3);
     *w.api.lose_next_answer.lock().unwrap() = true;
-    let first = w
-        .batches
-        .submit(&w.run, checkpoint(0), checkpoint(2), jobs(1..=2))
-        .await;
+    let first = w.submit(2).await;
     assert!(first.is_err(), "{first:?}");
     w.batches.store.fail_at(0);
-    w.batches
-        .submit(&w.run, checkpoint(0), checkpoint(2), jobs(1..=2))
-        .await
-        .unwrap();
+    w.submit(2).await.unwrap();
     assert_eq!(w.api.created(), 1);
-    assert!(w.batches.recorded(RUN, 0).await.unwrap().unwrap().id.is_some());
+    assert!(w.created_chunk().await);
 }
 
 #[tokio::test]
@@ -242,10 +242,7 @@ async fn a_finished_batch_becomes_images_and_outcomes_and_its_failures_are_route
         }),
         _ => Ok(()),
     }));
-    w.batches
-        .submit(&w.run, checkpoint(0), checkpoint(4), jobs(1..=4))
-        .await
-        .unwrap();
+    w.submit(4).await.unwrap();
     let waiting = w.batches.poll(RUN, u64::MAX).await.unwrap();
     assert_eq!((waiting.waiting, waiting.collected), (1, 0));
     assert!(w.batches.events.sent().is_empty());
@@ -296,10 +293,7 @@ async fn a_finished_batch_becomes_images_and_outcomes_and_its_failures_are_route
 #[tokio::test]
 async fn a_poll_that_fails_part_way_is_finished_by_the_next_without_a_second_batch() {
     let w = world(FakeBatchApi::new(1, |_| Ok(())));
-    w.batches
-        .submit(&w.run, checkpoint(0), checkpoint(3), jobs(1..=3))
-        .await
-        .unwrap();
+    w.submit(3).await.unwrap();
     // Reads: the record (1), the jobs (2); writes: the 3 images (3-5), then the done record (6) fails.
     w.batches.store.fail_at(6);
     assert!(w.batches.poll(RUN, u64::MAX).await.is_err());
@@ -327,10 +321,7 @@ async fn a_poll_that_fails_part_way_is_finished_by_the_next_without_a_second_bat
 #[tokio::test]
 async fn a_poll_started_too_late_leaves_the_finished_batch_for_the_next() {
     let w = world(FakeBatchApi::new(1, |_| Ok(())));
-    w.batches
-        .submit(&w.run, checkpoint(0), checkpoint(1), jobs(1..=1))
-        .await
-        .unwrap();
+    w.submit(1).await.unwrap();
     let late = w.batches.poll(RUN, 0).await.unwrap();
     assert_eq!((late.waiting, late.collected), (1, 0));
     assert_eq!(w.batches.poll(RUN, u64::MAX).await.unwrap().collected, 1);
