@@ -1,8 +1,11 @@
 //! What both batch APIs share: reading a results file line by line, and checking the ids the
 //! provider hands back before they go into a URL.
 
-use super::ProviderError;
+use std::time::Duration;
+
+use super::http::ApiEndpoint;
 use super::http::{MAX_ERROR_BODY_BYTES, MAX_RESPONSE_BYTES, json_error_message, status_error, transport_error};
+use super::{HttpProvider, ProviderError};
 use crate::adapters::net::read_prefix;
 use crate::domain::redact::redact;
 
@@ -12,6 +15,37 @@ use crate::domain::redact::redact;
 /// providers allow far more (OpenAI 50,000 requests a file), but a batch is also the unit that is
 /// retried and reported, and 500 keeps a 1,000,000-row run to 2,000 batches.
 pub const BATCH_REQUESTS: usize = 500;
+
+/// How long one control call (upload, create, get, list) may take, unless set otherwise.
+const CALL_TIME: Duration = Duration::from_secs(120);
+
+/// A batch API client: the endpoint, the provider's synchronous client (which builds each request
+/// line and reads each result as it does its own calls), and a limit on each control call.
+#[derive(Debug, Clone)]
+pub struct BatchClient<P> {
+    pub(super) api: ApiEndpoint,
+    pub(super) sync: P,
+    pub(super) call_time: Duration,
+}
+
+impl<P: HttpProvider> HttpProvider for BatchClient<P> {
+    fn from_endpoint(api: ApiEndpoint) -> Self {
+        let sync = P::from_endpoint(api.clone());
+        Self {
+            api,
+            sync,
+            call_time: CALL_TIME,
+        }
+    }
+}
+
+impl<P> BatchClient<P> {
+    /// With another limit on each control call (upload, create, get, list).
+    pub fn with_call_time(mut self, call_time: Duration) -> Self {
+        self.call_time = call_time;
+        self
+    }
+}
 
 /// A control call's JSON answer, or a decision when there is none.
 pub async fn read_json(
@@ -118,6 +152,25 @@ pub fn checked_id<'a>(provider: &str, id: &'a str, prefix: &str) -> Result<&'a s
             ),
         })
     }
+}
+
+/// The id of the batch called `name` among a list page's `items`, each naming itself at
+/// `name_at` (a JSON pointer) and identified by `id_field`.
+pub fn named_in<'a>(
+    page: &'a serde_json::Value,
+    items: &str,
+    name_at: &str,
+    id_field: &str,
+    name: &str,
+) -> Option<&'a str> {
+    let items = page
+        .get(items)
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten();
+    items
+        .filter(|item| item.pointer(name_at).and_then(serde_json::Value::as_str) == Some(name))
+        .find_map(|item| item.get(id_field)?.as_str())
 }
 
 /// The row a result line answers (its `key` or `custom_id`, which is the row number).

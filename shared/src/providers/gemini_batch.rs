@@ -5,51 +5,23 @@
 //! `{"key", "response" | "error"}` line per request. Large inline image batches are known to become
 //! unreadable (503 on get), so requests always go in a file.
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::batch_http::{Lines, checked_id, opened, read_json, row_of};
+use super::batch_http::{BatchClient, Lines, checked_id, named_in, opened, read_json, row_of};
 use super::gemini::{GeminiProvider, NAME, image_of};
-use super::http::{ApiEndpoint, snippet};
-use super::{HttpProvider, ImageRequest, ProviderError};
+use super::http::snippet;
+use super::{ImageRequest, ProviderError};
 use crate::ports::batch::{BatchApi, BatchResult, BatchState, BatchStatus};
 
-/// How long one control call may take, unless set otherwise.
-const CALL_TIME: Duration = Duration::from_secs(120);
 /// Batches listed a page, and pages looked through to find one by name (newest first).
 const LIST_PAGE: usize = 100;
 const LIST_PAGES: usize = 20;
 
 /// The Gemini batch client.
-#[derive(Debug, Clone)]
-pub struct GeminiBatch {
-    api: ApiEndpoint,
-    /// Builds each line's `GenerateContentRequest`, as the synchronous client sends it.
-    requests: GeminiProvider,
-    /// How long one control call (upload, create, get, list) may take.
-    call_time: Duration,
-}
-
-impl HttpProvider for GeminiBatch {
-    fn from_endpoint(api: ApiEndpoint) -> Self {
-        let requests = GeminiProvider::from_endpoint(api.clone());
-        Self {
-            api,
-            requests,
-            call_time: CALL_TIME,
-        }
-    }
-}
+pub type GeminiBatch = BatchClient<GeminiProvider>;
 
 impl GeminiBatch {
-    /// With another limit on each control call (upload, create, get, list).
-    pub fn with_call_time(mut self, call_time: Duration) -> Self {
-        self.call_time = call_time;
-        self
-    }
-
     async fn read(&self, request: reqwest::RequestBuilder) -> Result<Value, ProviderError> {
         let key = self.api.api_key();
         read_json(
@@ -169,7 +141,7 @@ impl BatchApi for GeminiBatch {
     }
 
     async fn line(&self, row: u64, request: &ImageRequest) -> Result<String, ProviderError> {
-        let body = self.requests.body(request).await?;
+        let body = self.sync.body(request).await?;
         Ok(json!({ "key": row.to_string(), "request": body }).to_string())
     }
 
@@ -192,13 +164,8 @@ impl BatchApi for GeminiBatch {
             let page = self
                 .read(self.api.client.get(self.api.url("/v1beta/batches")).query(&query))
                 .await?;
-            let operations = page.get("operations").and_then(Value::as_array).into_iter().flatten();
-            for operation in operations {
-                if operation.pointer("/metadata/displayName").and_then(Value::as_str) == Some(name)
-                    && let Some(id) = operation.get("name").and_then(Value::as_str)
-                {
-                    return Ok(Some(checked_id(NAME, id, "batches/")?.to_owned()));
-                }
+            if let Some(id) = named_in(&page, "operations", "/metadata/displayName", "name", name) {
+                return Ok(Some(checked_id(NAME, id, "batches/")?.to_owned()));
             }
             token = page.get("nextPageToken").and_then(Value::as_str).map(str::to_owned);
             if token.as_deref().is_none_or(str::is_empty) {

@@ -10,14 +10,12 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::batch_http::{Lines, checked_id, opened, read_json, row_of};
-use super::http::{ApiEndpoint, json_error_message, snippet, status_error};
+use super::batch_http::{BatchClient, Lines, checked_id, named_in, opened, read_json, row_of};
+use super::http::{json_error_message, snippet, status_error};
 use super::openai::{NAME, OpenAiProvider, generation_body};
-use super::{HttpProvider, ImageRequest, ProviderError};
+use super::{ImageRequest, ProviderError};
 use crate::ports::batch::{BatchApi, BatchResult, BatchState, BatchStatus};
 
-/// How long one control call may take, unless set otherwise.
-const CALL_TIME: Duration = Duration::from_secs(120);
 /// Batches listed a page (the most the API gives), and pages looked through to find one by name.
 const LIST_PAGE: usize = 100;
 const LIST_PAGES: usize = 20;
@@ -27,33 +25,9 @@ const NAME_KEY: &str = "imagepipe_batch";
 const DECODE_TIME: Duration = Duration::from_secs(60);
 
 /// The OpenAI batch client.
-#[derive(Debug, Clone)]
-pub struct OpenAiBatch {
-    api: ApiEndpoint,
-    /// Reads each result's `ImagesResponse`, as the synchronous client does.
-    images: OpenAiProvider,
-    /// How long one control call (upload, create, get, list) may take.
-    call_time: Duration,
-}
-
-impl HttpProvider for OpenAiBatch {
-    fn from_endpoint(api: ApiEndpoint) -> Self {
-        let images = OpenAiProvider::from_endpoint(api.clone());
-        Self {
-            api,
-            images,
-            call_time: CALL_TIME,
-        }
-    }
-}
+pub type OpenAiBatch = BatchClient<OpenAiProvider>;
 
 impl OpenAiBatch {
-    /// With another limit on each control call (upload, create, get, list).
-    pub fn with_call_time(mut self, call_time: Duration) -> Self {
-        self.call_time = call_time;
-        self
-    }
-
     async fn read(&self, request: reqwest::RequestBuilder) -> Result<Value, ProviderError> {
         let key = self.api.api_key();
         read_json(NAME, request.bearer_auth(key).timeout(self.call_time).send().await, key).await
@@ -92,7 +66,7 @@ impl OpenAiBatch {
             let headers = reqwest::header::HeaderMap::new();
             return Err(status_error(NAME, status as u16, &headers, &json_error_message(&body)));
         }
-        self.images.image_of(&body, DECODE_TIME).await
+        self.sync.image_of(&body, DECODE_TIME).await
     }
 }
 
@@ -152,13 +126,8 @@ impl BatchApi for OpenAiBatch {
             let page = self
                 .read(self.api.client.get(self.api.url("/v1/batches")).query(&query))
                 .await?;
-            let batches = page.get("data").and_then(Value::as_array).into_iter().flatten();
-            for batch in batches {
-                if batch.pointer(&format!("/metadata/{NAME_KEY}")).and_then(Value::as_str) == Some(name)
-                    && let Some(id) = batch.get("id").and_then(Value::as_str)
-                {
-                    return Ok(Some(checked_id(NAME, id, "")?.to_owned()));
-                }
+            if let Some(id) = named_in(&page, "data", &format!("/metadata/{NAME_KEY}"), "id", name) {
+                return Ok(Some(checked_id(NAME, id, "")?.to_owned()));
             }
             if page.get("has_more").and_then(Value::as_bool) != Some(true) {
                 break;
