@@ -367,3 +367,44 @@ async fn a_model_without_a_batch_price_is_refused_before_anything_is_sent() {
     assert!(error.contains("nano-banana"), "{error}");
     assert_eq!(stand_in.batches_created(), 0);
 }
+
+#[tokio::test]
+async fn results_are_read_line_by_line_across_reads_whatever_the_line_ends() {
+    use wiremock::matchers::path;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let server = MockServer::start().await;
+    let line = |row: u64| {
+        serde_json::json!({"key": row.to_string(), "response": {"candidates": [{"content": {"parts": [
+            {"inlineData": {"mimeType": "image/png", "data": batch_stand_in::png_for(row)}}]}}]}})
+        .to_string()
+    };
+    // Blank lines, CRLF-free JSONL, a last line without its end, and a line larger than a read.
+    let big = "x".repeat(300_000);
+    let body = format!(
+        "{}\n\n{}\n{{\"key\":\"3\",\"error\":{{\"code\":3,\"message\":\"{big}\"}}}}\n{}",
+        line(1),
+        line(2),
+        line(4)
+    );
+    Mock::given(path("/download/v1beta/files/batch-x:download"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(body))
+        .mount(&server)
+        .await;
+    let api = GeminiBatch::new(http_client(Duration::from_secs(30)), &server.uri(), "test-key");
+    let status = imagepipe::ports::batch::BatchStatus {
+        state: BatchState::Succeeded,
+        total: None,
+        done: None,
+        failed: None,
+        results: vec!["files/batch-x".into()],
+        message: None,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let reading = tokio::spawn(async move { api.results(&status, tx).await });
+    let mut rows = Vec::new();
+    while let Some(result) = rx.recv().await {
+        rows.push((result.row, result.image.is_ok()));
+    }
+    reading.await.unwrap().unwrap();
+    assert_eq!(rows, vec![(1, true), (2, true), (3, false), (4, true)]);
+}

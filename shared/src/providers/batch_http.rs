@@ -84,6 +84,8 @@ pub struct Lines {
     response: reqwest::Response,
     provider: &'static str,
     buffer: Vec<u8>,
+    /// The start of `buffer` known to hold no line end (each byte is looked at once).
+    scanned: usize,
     skipping: bool,
     ended: bool,
 }
@@ -94,6 +96,7 @@ impl Lines {
             response,
             provider,
             buffer: Vec::new(),
+            scanned: 0,
             skipping: false,
             ended: false,
         }
@@ -102,19 +105,24 @@ impl Lines {
     /// The next non-empty line, without its end.
     pub async fn next_line(&mut self) -> Result<Option<Vec<u8>>, ProviderError> {
         loop {
-            if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
-                let mut line: Vec<u8> = self.buffer.drain(..=end).collect();
+            if let Some(found) = self.buffer[self.scanned..].iter().position(|&b| b == b'\n') {
+                let end = self.scanned + found;
+                let rest = self.buffer.split_off(end + 1);
+                let mut line = std::mem::replace(&mut self.buffer, rest);
                 line.pop();
+                self.scanned = 0;
                 if std::mem::take(&mut self.skipping) || line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
                 return Ok(Some(line));
             }
             if self.ended {
+                self.scanned = 0;
                 let rest = std::mem::take(&mut self.buffer);
                 let blank = rest.iter().all(u8::is_ascii_whitespace) || std::mem::take(&mut self.skipping);
                 return Ok((!blank).then_some(rest));
             }
+            self.scanned = self.buffer.len();
             match self.response.chunk().await {
                 Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk),
                 Ok(None) => self.ended = true,
@@ -124,9 +132,11 @@ impl Lines {
                     });
                 }
             }
-            if self.buffer.len() > MAX_RESPONSE_BYTES && !self.buffer.contains(&b'\n') {
+            if self.scanned > MAX_RESPONSE_BYTES {
                 tracing::warn!(provider = self.provider, "a result line is too long; skipped");
-                self.buffer.clear();
+                // Its bytes so far go; what follows up to its end is dropped as it arrives.
+                self.buffer.drain(..self.scanned);
+                self.scanned = 0;
                 self.skipping = true;
             }
         }

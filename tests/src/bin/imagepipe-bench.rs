@@ -9,8 +9,11 @@
 //!   imagepipe-bench init BOOTSTRAP                    Lambda init: process start → first invocation/next
 //!   imagepipe-bench pipeline LATENCY_MS CONCURRENCY ROWS  the AWS path with latency injected: requests per image
 //!   imagepipe-bench report ROWS                       report.json + results.csv of a synthetic run of ROWS rows
+//!   imagepipe-bench batch-serve                       a finished Gemini batch's results, made as sent (child process)
+//!   imagepipe-bench batch ROWS                        reading a finished batch of ROWS ~1.4 MiB results
 //!
-//! The emulator endpoint comes from `IMAGEPIPE_TEST_AWS_ENDPOINT`; the stand-in's from `GEMINI_STAND_IN`.
+//! The emulator endpoint comes from `IMAGEPIPE_TEST_AWS_ENDPOINT`; the stand-ins' from `GEMINI_STAND_IN`
+//! and `BATCH_STAND_IN`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +36,8 @@ use imagepipe::providers::{ImageProvider, ImageRequest};
 use imagepipe::usecase::split::{SplitSettings, Splitter};
 use serde_json::json;
 
+#[path = "bench/batch.rs"]
+mod batch;
 #[path = "bench/pipeline.rs"]
 mod pipeline;
 
@@ -55,6 +60,8 @@ async fn main() -> Result<(), Error> {
         Some("init") => init(args.get(1).ok_or("init BOOTSTRAP")?).await,
         Some("pipeline") => pipeline::run(number(1)?, number(2)? as usize, number(3)?).await,
         Some("report") => pipeline::report(number(1)?).await,
+        Some("batch-serve") => batch::serve().await,
+        Some("batch") => batch::collect(number(1)?).await,
         _ => Err("usage: imagepipe-bench serve|local|generator|split|parts|init … (see the module docs)".into()),
     }
 }
