@@ -15,6 +15,7 @@ use crate::domain::events::{FinalizerInput, Outcome, PipelineEvent, now_ms};
 use crate::domain::locations::Locations;
 use crate::domain::report::FailureEntry;
 use crate::domain::retry::RetryPolicy;
+use crate::domain::template::Mode;
 use crate::ports::ledger::{Action, Claim, LedgerError, RunLedger, RunRecord, RunState};
 use crate::ports::publish::{Cms, Notifier};
 use crate::ports::store::ObjectStore;
@@ -50,6 +51,10 @@ impl From<LedgerError> for TryLater {
         Self(error.to_string())
     }
 }
+
+/// A batch-mode run's rows may wait this long at the provider (Gemini expires a batch still pending
+/// or running after 48 hours, OpenAI after 24) before the reconciler takes them for lost.
+pub const BATCH_SILENCE: Duration = Duration::from_secs(49 * 3600);
 
 /// What the finalizer needs, built once per container.
 pub struct Recorder<L, S, C, N> {
@@ -332,13 +337,14 @@ impl<L: RunLedger, S: ObjectStore, C: Cms, N: Notifier> Recorder<L, S, C, N> {
                 continue;
             };
             done.runs += 1;
-            let silent = now_ms().saturating_sub(run.updated_at_ms) > self.silence.as_millis() as u64;
+            let silence = self.silence_of(&run);
+            let silent = now_ms().saturating_sub(run.updated_at_ms) > silence.as_millis() as u64;
             match run.state {
                 RunState::Splitting if silent => done.stalled_splits.push(run_id),
                 RunState::Splitting | RunState::Complete => {}
                 RunState::Running => {
                     if silent && run.outstanding().is_some_and(|n| n > 0) {
-                        done.lost_rows += self.fail_lost_rows(&run).await?;
+                        done.lost_rows += self.fail_lost_rows(&run, silence).await?;
                     }
                     self.announce_start(&run_id, deadline_ms).await?;
                     self.try_complete(&run_id, deadline_ms).await?;
@@ -348,13 +354,22 @@ impl<L: RunLedger, S: ObjectStore, C: Cms, N: Notifier> Recorder<L, S, C, N> {
         Ok(done)
     }
 
+    /// How long `run` may go without recording anything before its missing rows are taken for
+    /// lost: a batch-mode run's rows may wait at the provider until its batches expire.
+    fn silence_of(&self, run: &RunRecord) -> Duration {
+        match run.mode {
+            Mode::Batch => self.silence.max(BATCH_SILENCE),
+            Mode::Sync => self.silence,
+        }
+    }
+
     /// Records every valid row without an outcome as failed.
-    async fn fail_lost_rows(&self, run: &RunRecord) -> Result<u64, TryLater> {
+    async fn fail_lost_rows(&self, run: &RunRecord, silence: Duration) -> Result<u64, TryLater> {
         let rows = run.totals.as_ref().map_or(0, |t| t.rows);
         let reason = format!(
             "no outcome: nothing was heard of this row for {} s after the run's last progress (its job or event \
              was lost); submit the CSV again to retry it",
-            self.silence.as_secs()
+            silence.as_secs()
         );
         let mut known = crate::usecase::report::RowWalk::new(&self.ledger, &run.run_id);
         let (mut lost, mut batch) = (0, Vec::new());

@@ -10,6 +10,7 @@ use crate::adapters::memory_ledger::{FailingLedger, MemoryLedger};
 use crate::adapters::memory_publish::{MemoryCms, MemoryNotifier, Trouble};
 use crate::domain::report::{ImageEntry, RunReport};
 use crate::domain::rows::InvalidRow;
+use crate::domain::template::Mode;
 use crate::ports::ledger::{Advance, Checkpoint, Claim, RunRecord, SplitTotals};
 
 const RUN: &str = "run-0123456789abcdef";
@@ -25,6 +26,10 @@ struct World {
 
 /// A run of 4 rows: rows 1–3 valid and split, row 4 invalid; the ledger fails its `fail_at`-th call.
 async fn world(fail_at: usize, slack: Trouble) -> World {
+    world_in(Mode::Sync, fail_at, slack).await
+}
+
+async fn world_in(mode: Mode, fail_at: usize, slack: Trouble) -> World {
     let dir = tempfile::tempdir().unwrap();
     let ledger = FailingLedger::new(MemoryLedger::new(), fail_at);
     let inner = &ledger.inner;
@@ -37,6 +42,7 @@ async fn world(fail_at: usize, slack: Trouble) -> World {
         "placeholder",
         now_ms(),
     );
+    let run = RunRecord { mode, ..run };
     inner.create_run(&run).await.unwrap();
     let invalid = InvalidRow {
         row: 4,
@@ -335,6 +341,19 @@ async fn the_reconciler_fails_rows_nothing_was_heard_of_and_completes_the_run() 
         0,
         "a complete run is not open"
     );
+}
+
+#[tokio::test]
+async fn a_batch_mode_run_waiting_on_its_batches_is_not_taken_for_lost() {
+    let mut world = world_in(Mode::Batch, 0, Trouble::None).await;
+    world.recorder.silence = Duration::ZERO;
+    let mut pending = batch();
+    pending.retain(|d| d.id != "r2"); // row 2 is still in a batch at the provider
+    assert!(world.recorder.handle_batch(pending, deadline()).await.is_empty());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let reconciled = world.recorder.reconcile(deadline()).await.unwrap();
+    assert_eq!((reconciled.runs, reconciled.lost_rows), (1, 0));
+    assert_eq!(world.completions(), 0, "the batch has a day to answer");
 }
 
 #[tokio::test]
