@@ -359,8 +359,10 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
         let batches = self.batches.as_ref().filter(|_| run.mode.is_batch());
         if let Some(batches) = batches
             && let Some(record) = batches.recorded(&run.run_id, from.rows_read).await?
+            && (record.id.is_some() || record.state.is_some())
         {
-            // This segment was submitted before (its checkpoint did not move): it ends where it did then.
+            // This segment's batch was created before (its checkpoint did not move): it ends where it
+            // did then. A record without a batch yet is finished below, from the same rows.
             return Ok((record.to, record.to.rows_read >= totals.rows));
         }
         let offset = if from.offset == 0 {
@@ -414,7 +416,9 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
                     in_flight.next().await.transpose()?;
                 }
             }
-            if to.rows_read - from.rows_read >= budget || now_ms() >= stop_at {
+            // A batch-mode segment ends only with its chunk (or the file): read again after a crash,
+            // it holds the same rows, so its batch is found rather than made twice.
+            if batches.is_none() && (to.rows_read - from.rows_read >= budget || now_ms() >= stop_at) {
                 finished = to.rows_read >= totals.rows;
                 break;
             }

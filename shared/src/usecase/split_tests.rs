@@ -211,3 +211,93 @@ async fn an_unknown_template_or_model_rejects_the_run_with_the_names_it_knows() 
     );
     assert!(splitter.jobs.sent().is_empty());
 }
+
+/// Where batch-mode chunks go: records what it is handed; a submission can be made to fail after
+/// its record is written (a crash between the record and the batch).
+#[derive(Default)]
+struct ChunkLog {
+    records: std::sync::Mutex<std::collections::BTreeMap<u64, crate::usecase::batch::BatchRecord>>,
+    submissions: std::sync::Mutex<Vec<Vec<u64>>>,
+    crash_next: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl ChunkSink for ChunkLog {
+    async fn recorded(&self, _run_id: &str, chunk: u64) -> Result<Option<crate::usecase::batch::BatchRecord>, Error> {
+        Ok(self.records.lock().unwrap().get(&chunk).cloned())
+    }
+
+    async fn submit(&self, run: &RunRecord, from: Checkpoint, to: Checkpoint, jobs: Vec<Job>) -> Result<(), Error> {
+        let crash = self.crash_next.swap(false, std::sync::atomic::Ordering::SeqCst);
+        self.submissions
+            .lock()
+            .unwrap()
+            .push(jobs.iter().map(|j| j.row).collect());
+        let record = crate::usecase::batch::BatchRecord {
+            run_id: run.run_id.clone(),
+            chunk: from.rows_read,
+            name: String::new(),
+            provider: "gemini".into(),
+            model: run.model.clone(),
+            model_entry: run.model_entry.clone().unwrap(),
+            to,
+            requests: jobs.len() as u64,
+            id: (!crash).then(|| format!("batches/{}", from.rows_read)),
+            created_at_ms: 0,
+            state: None,
+            failed: vec![],
+        };
+        self.records.lock().unwrap().insert(from.rows_read, record);
+        match crash {
+            true => Err(Error::Input("the invocation died creating the batch".into())),
+            false => Ok(()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_batch_mode_run_is_cut_into_chunks_and_a_crashed_chunk_is_submitted_again_from_the_same_rows() {
+    let mut splitter = splitter(u64::MAX);
+    splitter.settings.batch_requests = 10;
+    let sink = std::sync::Arc::new(ChunkLog::default());
+    splitter.batches = Some(sink.clone());
+    let config = DeploymentConfig::from_texts(None, None).unwrap();
+    let mut template = config.templates.get("product").unwrap().clone();
+    template.mode = crate::domain::template::Mode::Batch;
+    let source = csv();
+    sink.crash_next.store(true, std::sync::atomic::Ordering::SeqCst);
+    let first = splitter
+        .split(&source, Ok(&template), Some("nano-banana"), &config.catalog, deadline())
+        .await;
+    assert!(first.is_err(), "the first chunk's submission crashed");
+    let run_id = splitter.ledger.open_runs().await.unwrap().pop().unwrap();
+    // The event is delivered again: the crashed chunk is read again, whole, then the rest.
+    let mut split = splitter.resume(&run_id, 0, &source, deadline()).await.unwrap();
+    while split.continued {
+        let body = splitter.continuations.take().pop().unwrap();
+        let next: Continuation = serde_json::from_str(&body).unwrap();
+        split = splitter
+            .resume(&run_id, next.rows_read, &source, deadline())
+            .await
+            .unwrap();
+    }
+    let submissions = sink.submissions.lock().unwrap().clone();
+    let valid: Vec<u64> = (1..=25).filter(|r| *r != 4 && *r != 20).collect();
+    assert_eq!(submissions[0], submissions[1], "the same rows both times");
+    assert_eq!(
+        submissions[1..].concat(),
+        valid,
+        "every valid row in one chunk, in chunks of 10"
+    );
+    assert_eq!(submissions[1].len(), 10);
+    assert!(splitter.jobs.sent().is_empty(), "no job goes the synchronous way");
+    let run = splitter.ledger.run(&run_id).await.unwrap().unwrap();
+    assert_eq!(
+        (run.mode, run.state),
+        (crate::domain::template::Mode::Batch, RunState::Running)
+    );
+    assert!(
+        (run.totals.unwrap().estimated_cost_usd - 23.0 * 0.0195).abs() < 1e-9,
+        "priced at the batch price"
+    );
+}
