@@ -203,7 +203,7 @@ pub async fn submit(
     let info = config.catalog.model(&model)?;
     let mode = if batch { Mode::Batch } else { chosen.mode };
     if mode.is_batch()
-        && let Some(refusal) = batch_refusal(&model, info, &config.catalog)
+        && let Some(refusal) = batch_refusal(&model, info, None, &config.catalog)
     {
         anyhow::bail!(refusal);
     }

@@ -180,7 +180,12 @@ impl BatchApi for GeminiBatch {
         let v = self
             .read(self.api.client.get(self.api.url(&format!("/v1beta/{id}"))))
             .await?;
-        let state = state_of(v.pointer("/metadata/state").and_then(Value::as_str).unwrap_or_default());
+        let state = match v.pointer("/metadata/state").and_then(Value::as_str) {
+            Some(state) => state_of(state),
+            // A finished operation that names no state failed as a whole (its `error` says why).
+            None if v.get("done") == Some(&Value::Bool(true)) => BatchState::Failed,
+            None => BatchState::Pending,
+        };
         let file = ["/response/responsesFile", "/metadata/output/responsesFile"]
             .iter()
             .find_map(|p| v.pointer(p).and_then(Value::as_str));

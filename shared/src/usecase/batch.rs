@@ -13,12 +13,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::Error;
-use super::generate::{image_request, store_generated};
+use super::generate::{existing_image, image_request, store_generated};
 use crate::domain::catalog::{Catalog, ModelInfo};
 use crate::domain::events::{PipelineEvent, now_ms};
 use crate::domain::job::Job;
@@ -32,6 +33,8 @@ pub use crate::providers::batch_http::BATCH_REQUESTS;
 
 /// Images stored at once while a batch's results are read.
 const STORE_CONCURRENCY: usize = 8;
+/// How long a poll holds a finished batch it reads: longer than one function invocation.
+const READ_LEASE: Duration = Duration::from_secs(16 * 60);
 
 /// Where a chunk's record and jobs are kept, under the run's folder.
 pub mod keys {
@@ -52,6 +55,11 @@ pub mod keys {
     /// The chunk's jobs, one JSON line each.
     pub fn jobs(run_id: &str, chunk: u64) -> String {
         format!("runs/{run_id}/batches/jobs/{chunk:012}.jsonl")
+    }
+
+    /// Held by the poll reading the chunk's results: the Unix milliseconds its lease ends.
+    pub fn reading(run_id: &str, chunk: u64) -> String {
+        format!("runs/{run_id}/batches/reading/{chunk:012}")
     }
 }
 
@@ -81,6 +89,10 @@ pub struct BatchRecord {
     /// Rows that failed for good when the results were read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<FailureEntry>,
+    /// Rows of the chunk sent the synchronous way instead (reference images, images that exist,
+    /// rows the batch format cannot carry).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sync_rows: Vec<u64>,
 }
 
 impl BatchRecord {
@@ -138,9 +150,17 @@ impl BatchApis {
     }
 }
 
-/// Why `model` cannot be used in batch mode, when it cannot.
-pub fn batch_refusal(model_name: &str, model: &ModelInfo, catalog: &Catalog) -> Option<String> {
-    let has_api = crate::providers::registry::entry(&model.provider).is_ok_and(|e| e.has_batch());
+/// Why `model` cannot be used in batch mode through `provider` (the model's own, or the one every
+/// model is routed through), when it cannot.
+pub fn batch_refusal(model_name: &str, model: &ModelInfo, provider: Option<&str>, catalog: &Catalog) -> Option<String> {
+    let provider = provider.unwrap_or(&model.provider);
+    if model.batch_price_per_image.is_some() && provider != model.provider {
+        return Some(format!(
+            "batch mode calls the model's own provider's batch API, and this run goes through {provider:?} instead of {:?}",
+            model.provider
+        ));
+    }
+    let has_api = crate::providers::registry::entry(provider).is_ok_and(|e| e.has_batch());
     if model.batch_price_per_image.is_some() && has_api {
         return None;
     }
@@ -198,7 +218,10 @@ impl<S: ObjectStore, J: MessageQueue, E: MessageQueue> Batches<S, J, E> {
 
     /// Submits the chunk of `run` that takes the splitter from `from` to `to`: its jobs are kept,
     /// its record created, and its batch created at the provider (or found there, when an earlier
-    /// attempt created it). Jobs no batch can take go the synchronous way at once.
+    /// attempt created it). Rows no batch should take go the synchronous way at once: rows with
+    /// reference images (signed and fetched by the generator, within its limits), rows whose image
+    /// already exists (found, not paid again), and rows the provider's batch format cannot carry. A
+    /// stopped run submits nothing: its rows fail as not attempted.
     pub async fn submit(&self, run: &RunRecord, from: Checkpoint, to: Checkpoint, jobs: Vec<Job>) -> Result<(), Error> {
         let chunk = from.rows_read;
         let Some(model) = run.model_entry.clone() else {
@@ -207,29 +230,37 @@ impl<S: ObjectStore, J: MessageQueue, E: MessageQueue> Batches<S, J, E> {
                 run.run_id
             )));
         };
-        let api = self.apis.get(&model.provider)?;
-        let mut lines = String::new();
-        let mut kept = Vec::new();
-        let mut aside = Vec::new();
-        for job in jobs {
-            let request = image_request(&job, &model, job.references.clone(), std::time::Duration::from_secs(60));
-            match api.line(job.row, &request).await {
-                Ok(line) => {
-                    lines.push_str(&line);
-                    lines.push('\n');
-                    kept.push(job);
-                }
-                Err(e) => aside.push((job, e)),
+        if let Some(reason) = &run.stopped {
+            for job in &jobs {
+                self.fail(job, &format!("not attempted: the run was stopped ({reason})"))
+                    .await?;
             }
-        }
-        for (job, error) in aside {
-            self.not_made(&job, &error.to_string(), error.is_retryable()).await?;
-        }
-        if kept.is_empty() {
             return Ok(());
         }
+        let api = self.apis.get(&run.provider)?;
+        let (mut lines, mut batched, mut sync_rows) = (String::new(), 0u64, Vec::new());
+        for job in &jobs {
+            let sync = !job.references.is_empty() || existing_image(&self.store, job).await?.is_some();
+            let line = if sync {
+                None
+            } else {
+                let request = image_request(job, &model, Vec::new(), Duration::from_secs(60));
+                api.line(job.row, &request)
+                    .await
+                    .inspect_err(|e| tracing::info!(row = job.row, error = %e, "row goes the synchronous way"))
+                    .ok()
+            };
+            match line {
+                Some(line) => {
+                    lines.push_str(&line);
+                    lines.push('\n');
+                    batched += 1;
+                }
+                None => sync_rows.push(job.row),
+            }
+        }
         let mut jobs_file = String::new();
-        for job in &kept {
+        for job in &jobs {
             jobs_file.push_str(&serde_json::to_string(job).unwrap_or_default());
             jobs_file.push('\n');
         }
@@ -244,18 +275,20 @@ impl<S: ObjectStore, J: MessageQueue, E: MessageQueue> Batches<S, J, E> {
             run_id: run.run_id.clone(),
             chunk,
             name: BatchRecord::name_of(&run.run_id, chunk),
-            provider: model.provider.clone(),
+            provider: run.provider.clone(),
             model: run.model.clone(),
             model_entry: model.clone(),
             to,
-            requests: kept.len() as u64,
+            requests: batched,
             id: None,
             created_at_ms: now_ms(),
             state: None,
             failed: Vec::new(),
+            sync_rows,
         };
         let open = keys::open(&run.run_id, chunk);
-        if self.store.put_if_absent(&open, json_object(&record)).await? == PutOutcome::AlreadyExists {
+        let created_before = self.store.put_if_absent(&open, json_object(&record)).await? == PutOutcome::AlreadyExists;
+        if created_before {
             let Some(earlier) = self.read_record(&open).await? else {
                 return Err(Error::Input(format!("{open}: the chunk's record went away")));
             };
@@ -263,11 +296,19 @@ impl<S: ObjectStore, J: MessageQueue, E: MessageQueue> Batches<S, J, E> {
                 return Ok(());
             }
             record = earlier;
-            if let Some(id) = api.find(&record.name).await? {
-                tracing::info!(run_id = %run.run_id, chunk, %id, "batch found at the provider; not created again");
-                record.id = Some(id);
-                return self.write_record(&open, &record).await;
-            }
+        } else {
+            // Sent once, when the record is first written: a repeat finds the record and sends nothing.
+            self.send_sync(&jobs, &record.sync_rows).await?;
+        }
+        if batched == 0 {
+            record.state = Some(BatchState::Succeeded);
+            self.write_record(&keys::done(&run.run_id, chunk), &record).await?;
+            return Ok(self.store.delete(&open).await?);
+        }
+        if created_before && let Some(id) = api.find(&record.name).await? {
+            tracing::info!(run_id = %run.run_id, chunk, %id, "batch found at the provider; not created again");
+            record.id = Some(id);
+            return self.write_record(&open, &record).await;
         }
         let created = api.create(&model.provider_model, &record.name, lines).await;
         let id = match created {
@@ -278,7 +319,8 @@ impl<S: ObjectStore, J: MessageQueue, E: MessageQueue> Batches<S, J, E> {
                 _ if error.is_retryable() => return Err(error.into()),
                 _ => {
                     tracing::warn!(run_id = %run.run_id, chunk, %error, "batch refused; its rows go the synchronous way");
-                    for job in &kept {
+                    let batched_jobs = jobs.iter().filter(|j| !record.sync_rows.contains(&j.row));
+                    for job in batched_jobs {
                         let failed = self.not_made(job, &format!("batch refused: {error}"), true).await?;
                         record.failed.extend(failed);
                     }
@@ -294,38 +336,87 @@ impl<S: ObjectStore, J: MessageQueue, E: MessageQueue> Batches<S, J, E> {
         self.write_record(&open, &record).await
     }
 
+    /// Sends `rows` of `jobs` to the synchronous generator.
+    async fn send_sync(&self, jobs: &[Job], rows: &[u64]) -> Result<(), Error> {
+        for job in jobs.iter().filter(|j| rows.contains(&j.row)) {
+            self.jobs
+                .send_batch(vec![serde_json::to_string(job).unwrap_or_default()])
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Checks each open chunk of `run_id` at its provider and reads the results of those finished,
     /// starting no reading after `stop_by_ms` (those are read at the next poll).
+    /// A chunk that cannot be polled (its batch gone, its results unreadable) is logged and tried
+    /// again at the next poll; it does not hold back the run's other chunks.
     pub async fn poll(&self, run_id: &str, stop_by_ms: u64) -> Result<BatchProgress, Error> {
         let mut progress = BatchProgress::default();
         for key in self.store.list(&keys::open_prefix(run_id)).await? {
-            let Some(mut record) = self.read_record(&key).await? else {
-                continue;
-            };
-            let api = self.apis.get(&record.provider)?;
-            let Some(id) = record.id.clone() else {
-                // Being created (or its creator died): the splitter's next attempt finishes it.
+            if now_ms() > stop_by_ms {
                 progress.waiting += 1;
-                continue;
-            };
-            let status = api.status(&id).await?;
-            if !status.state.is_final() || now_ms() > stop_by_ms {
-                progress.waiting += 1;
-                progress.requests += status.total.unwrap_or(record.requests);
-                progress.done += status.done.unwrap_or(0) + status.failed.unwrap_or(0);
-                if record.state != Some(status.state) {
-                    record.state = Some(status.state);
-                    self.write_record(&key, &record).await?;
-                }
                 continue;
             }
-            record.failed = self.collect(&record, api.as_ref(), &status).await?;
-            record.state = Some(status.state);
-            self.write_record(&keys::done(run_id, record.chunk), &record).await?;
-            self.store.delete(&key).await?;
-            progress.collected += 1;
+            if let Err(e) = self.poll_chunk(&key, &mut progress).await {
+                tracing::warn!(%run_id, %key, error = %e, "batch not polled; trying again at the next poll");
+                progress.waiting += 1;
+            }
         }
         Ok(progress)
+    }
+
+    async fn poll_chunk(&self, key: &str, progress: &mut BatchProgress) -> Result<(), Error> {
+        let Some(mut record) = self.read_record(key).await? else {
+            return Ok(());
+        };
+        let Some(id) = record.id.clone() else {
+            // Being created (or its creator died): the splitter's next attempt finishes it.
+            progress.waiting += 1;
+            return Ok(());
+        };
+        let api = self.apis.get(&record.provider)?;
+        let status = api.status(&id).await?;
+        if !status.state.is_final() {
+            progress.waiting += 1;
+            progress.requests += status.total.unwrap_or(record.requests);
+            progress.done += status.done.unwrap_or(0) + status.failed.unwrap_or(0);
+            if record.state != Some(status.state) {
+                record.state = Some(status.state);
+                self.write_record(key, &record).await?;
+            }
+            return Ok(());
+        }
+        // One reader a batch: another poll reading it leaves it alone until its lease ends.
+        let lease = keys::reading(&record.run_id, record.chunk);
+        let until = now_ms() + READ_LEASE.as_millis() as u64;
+        let taken = self.store.put_if_absent(&lease, lease_object(until)).await? == PutOutcome::Created;
+        if !taken {
+            let held_until = self
+                .store
+                .get(&lease)
+                .await?
+                .and_then(|b| String::from_utf8_lossy(&b).parse::<u64>().ok());
+            if held_until.is_some_and(|t| t > now_ms()) {
+                progress.waiting += 1;
+                return Ok(());
+            }
+            self.store.put(&lease, lease_object(until)).await?;
+        }
+        let read = async {
+            record.failed = self.collect(&record, api.as_ref(), &status).await?;
+            record.state = Some(status.state);
+            self.write_record(&keys::done(&record.run_id, record.chunk), &record)
+                .await?;
+            Ok::<_, Error>(self.store.delete(key).await?)
+        };
+        let read = read.await;
+        // Given back either way: a read that failed is tried again by the next poll.
+        if let Err(e) = self.store.delete(&lease).await {
+            tracing::warn!(%key, error = %e, "read lease not given back; it ends by itself");
+        }
+        read?;
+        progress.collected += 1;
+        Ok(())
     }
 
     /// Reads a finished batch's results: each image is stored and its row's outcome sent; rows
@@ -338,6 +429,7 @@ impl<S: ObjectStore, J: MessageQueue, E: MessageQueue> Batches<S, J, E> {
         status: &BatchStatus,
     ) -> Result<Vec<FailureEntry>, Error> {
         let mut jobs = self.jobs_of(record).await?;
+        jobs.retain(|row, _| !record.sync_rows.contains(row));
         let model = record.model_entry.clone();
         let price = model.batch_price_per_image.unwrap_or(model.price_per_image / 2.0);
         let model = &model;
@@ -369,6 +461,11 @@ impl<S: ObjectStore, J: MessageQueue, E: MessageQueue> Batches<S, J, E> {
         if let Err(e) = read {
             // Results not read this time are read at the next poll (images written stay; nothing is paid again).
             return Err(e.into());
+        }
+        // An image that could not be stored is read again at the next poll, not paid again the
+        // synchronous way.
+        if let Some((_, Err(error))) = answered.iter().find(|(_, o)| matches!(o, Err(Error::Store(_)))) {
+            return Err(Error::Input(format!("a batch image could not be stored: {error}")));
         }
         let mut failed = Vec::new();
         for (job, outcome) in answered {
@@ -455,6 +552,18 @@ impl<S: ObjectStore, J: MessageQueue, E: MessageQueue> Batches<S, J, E> {
         Ok(Some(failure))
     }
 
+    /// Fails `job` with `reason` (the run was stopped).
+    async fn fail(&self, job: &Job, reason: &str) -> Result<(), Error> {
+        let failure = FailureEntry {
+            row: job.row,
+            key: job.key.to_string(),
+            reason: reason.to_owned(),
+            attempts: 0,
+        };
+        let run_id = job.run_id.clone();
+        self.send_event(PipelineEvent::JobFailed { run_id, failure }).await
+    }
+
     async fn send_event(&self, event: PipelineEvent) -> Result<(), Error> {
         let body = serde_json::to_string(&event).expect("an event always serialises");
         Ok(self.events.send_batch(vec![body]).await?)
@@ -490,6 +599,15 @@ where
 
     async fn submit(&self, run: &RunRecord, from: Checkpoint, to: Checkpoint, jobs: Vec<Job>) -> Result<(), Error> {
         Batches::submit(self, run, from, to, jobs).await
+    }
+}
+
+fn lease_object(until_ms: u64) -> NewObject {
+    NewObject {
+        body: bytes::Bytes::from(until_ms.to_string()),
+        content_type: "text/plain".into(),
+        cache_control: None,
+        metadata: vec![],
     }
 }
 

@@ -294,9 +294,11 @@ async fn a_finished_batch_becomes_images_and_outcomes_and_its_failures_are_route
 async fn a_poll_that_fails_part_way_is_finished_by_the_next_without_a_second_batch() {
     let w = world(FakeBatchApi::new(1, |_| Ok(())));
     w.submit(3).await.unwrap();
-    // Reads: the record (1), the jobs (2); writes: the 3 images (3-5), then the done record (6) fails.
-    w.batches.store.fail_at(6);
-    assert!(w.batches.poll(RUN, u64::MAX).await.is_err());
+    // The record (1), the read lease (2), the jobs (3), the 3 images (4-6), then the done record
+    // (7) fails: the poll says the batch is still waiting.
+    w.batches.store.fail_at(7);
+    let failed = w.batches.poll(RUN, u64::MAX).await.unwrap();
+    assert_eq!((failed.waiting, failed.collected), (1, 0));
     assert!(
         w.batches.store.inner.get(&keys::open(RUN, 0)).await.unwrap().is_some(),
         "still open"
@@ -325,4 +327,99 @@ async fn a_poll_started_too_late_leaves_the_finished_batch_for_the_next() {
     let late = w.batches.poll(RUN, 0).await.unwrap();
     assert_eq!((late.waiting, late.collected), (1, 0));
     assert_eq!(w.batches.poll(RUN, u64::MAX).await.unwrap().collected, 1);
+}
+
+#[tokio::test]
+async fn a_stopped_run_submits_nothing_and_its_rows_fail_as_not_attempted() {
+    let mut w = world(FakeBatchApi::new(1, |_| Ok(())));
+    w.run.stopped = Some("cancelled by ops".into());
+    w.submit(2).await.unwrap();
+    assert_eq!(w.api.created(), 0);
+    let failed: Vec<String> = events(&w.batches.events)
+        .into_iter()
+        .filter_map(|e| match e {
+            PipelineEvent::JobFailed { failure, .. } => Some(failure.reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, vec!["not attempted: the run was stopped (cancelled by ops)"; 2]);
+}
+
+#[tokio::test]
+async fn rows_with_references_or_an_existing_image_go_the_synchronous_way_once() {
+    let w = world(FakeBatchApi::new(1, |_| Ok(())));
+    let mut chunk = jobs(1..=4);
+    chunk[0].references = vec!["s3://b/references/a.png".into()];
+    let png = crate::providers::placeholder::render_png(8, 8, b"old").unwrap();
+    let existing = NewObject {
+        body: png.into(),
+        content_type: "image/png".into(),
+        cache_control: None,
+        metadata: vec![],
+    };
+    w.batches.store.put("images/product/SKU-2.png", existing).await.unwrap();
+    for _ in 0..2 {
+        (w.batches)
+            .submit(&w.run, checkpoint(0), checkpoint(4), chunk.clone())
+            .await
+            .unwrap();
+    }
+    let sync: Vec<u64> = w
+        .batches
+        .jobs
+        .sent()
+        .iter()
+        .map(|b| serde_json::from_str::<Job>(b).unwrap().row)
+        .collect();
+    assert_eq!(sync, vec![1, 2], "sent once, though the segment was handed over twice");
+    assert_eq!(
+        w.api.batches.lock().unwrap()[0].1,
+        vec![3, 4],
+        "the batch holds the others"
+    );
+    w.batches.poll(RUN, u64::MAX).await.unwrap();
+    assert_eq!(
+        events(&w.batches.events).len(),
+        2,
+        "rows 3 and 4; rows 1 and 2 are the generator's"
+    );
+    assert_eq!(w.batches.jobs.sent().len(), 2, "nothing more goes the synchronous way");
+}
+
+#[tokio::test]
+async fn a_batch_another_poll_is_reading_is_left_to_it() {
+    let w = world(FakeBatchApi::new(1, |_| Ok(())));
+    w.submit(1).await.unwrap();
+    let held = NewObject {
+        body: (now_ms() + 60_000).to_string().into(),
+        content_type: "text/plain".into(),
+        cache_control: None,
+        metadata: vec![],
+    };
+    w.batches.store.put(&keys::reading(RUN, 0), held).await.unwrap();
+    let skipped = w.batches.poll(RUN, u64::MAX).await.unwrap();
+    assert_eq!((skipped.waiting, skipped.collected), (1, 0));
+    assert!(w.batches.events.sent().is_empty());
+    // A lease that ended (its poll died) is taken over.
+    let ended = NewObject {
+        body: "1".into(),
+        content_type: "text/plain".into(),
+        cache_control: None,
+        metadata: vec![],
+    };
+    w.batches.store.put(&keys::reading(RUN, 0), ended).await.unwrap();
+    assert_eq!(w.batches.poll(RUN, u64::MAX).await.unwrap().collected, 1);
+}
+
+#[tokio::test]
+async fn an_image_that_could_not_be_stored_is_read_again_not_paid_again() {
+    let w = world(FakeBatchApi::new(1, |_| Ok(())));
+    w.submit(2).await.unwrap();
+    // The record (1), the read lease (2), the jobs (3), then the first image's write (4) fails.
+    w.batches.store.fail_at(4);
+    assert_eq!(w.batches.poll(RUN, u64::MAX).await.unwrap().collected, 0);
+    assert!(w.batches.jobs.sent().is_empty(), "not sent the synchronous way");
+    w.batches.store.fail_at(0);
+    assert_eq!(w.batches.poll(RUN, u64::MAX).await.unwrap().collected, 1);
+    assert_eq!(w.api.created(), 1);
 }

@@ -56,7 +56,7 @@ pub fn plan_csv<R: Read>(
     let model = model.unwrap_or(&template.model);
     let info = catalog.model(model)?;
     if template.mode.is_batch()
-        && let Some(refusal) = batch_refusal(model, info, catalog)
+        && let Some(refusal) = batch_refusal(model, info, None, catalog)
     {
         return Err(Error::Input(refusal));
     }

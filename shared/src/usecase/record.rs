@@ -357,9 +357,9 @@ impl<L: RunLedger, S: ObjectStore, C: Cms, N: Notifier> Recorder<L, S, C, N> {
     /// How long `run` may go without recording anything before its missing rows are taken for
     /// lost: a batch-mode run's rows may wait at the provider until its batches expire.
     fn silence_of(&self, run: &RunRecord) -> Duration {
-        match run.mode {
-            Mode::Batch => self.silence.max(BATCH_SILENCE),
-            Mode::Sync => self.silence,
+        match (run.mode, run.state) {
+            (Mode::Batch, RunState::Running) => self.silence.max(BATCH_SILENCE),
+            _ => self.silence,
         }
     }
 

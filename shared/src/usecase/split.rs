@@ -137,7 +137,9 @@ impl<Q: MessageQueue, E: MessageQueue, K: MessageQueue, L: RunLedger> Splitter<Q
             (Ok(_), Ok(_)) if mode.is_batch() && self.batches.is_none() => {
                 Some("batch mode is not set up in this deployment".to_owned())
             }
-            (Ok(_), Ok(model)) if mode.is_batch() => batch_refusal(model_name, model, catalog),
+            (Ok(_), Ok(model)) if mode.is_batch() => {
+                batch_refusal(model_name, model, self.settings.provider.as_deref(), catalog)
+            }
             _ => None,
         };
         let run = self.ledger.create_run(&new).await?;

@@ -246,6 +246,7 @@ impl ChunkSink for ChunkLog {
             created_at_ms: 0,
             state: None,
             failed: vec![],
+            sync_rows: vec![],
         };
         self.records.lock().unwrap().insert(from.rows_read, record);
         match crash {
@@ -299,5 +300,24 @@ async fn a_batch_mode_run_is_cut_into_chunks_and_a_crashed_chunk_is_submitted_ag
     assert!(
         (run.totals.unwrap().estimated_cost_usd - 23.0 * 0.0195).abs() < 1e-9,
         "priced at the batch price"
+    );
+}
+
+#[tokio::test]
+async fn batch_mode_through_another_provider_than_the_models_is_refused() {
+    let mut splitter = splitter(u64::MAX);
+    splitter.settings.provider = Some("placeholder".into());
+    splitter.batches = Some(std::sync::Arc::new(ChunkLog::default()));
+    let config = DeploymentConfig::from_texts(None, None).unwrap();
+    let mut template = config.templates.get("product").unwrap().clone();
+    template.mode = crate::domain::template::Mode::Batch;
+    let split = splitter
+        .split(&csv(), Ok(&template), Some("nano-banana"), &config.catalog, deadline())
+        .await
+        .unwrap();
+    let reason = split.totals.unwrap().rejected.unwrap();
+    assert!(
+        reason.contains("goes through \"placeholder\" instead of \"gemini\""),
+        "{reason}"
     );
 }

@@ -143,6 +143,7 @@ pub async fn collect(rows: u64) -> Result<(), Error> {
         created_at_ms: 0,
         state: None,
         failed: vec![],
+        sync_rows: vec![],
     };
     store
         .put(&keys::open(RUN, 0), object(serde_json::to_vec(&record)?))
