@@ -434,7 +434,7 @@ impl<S: ObjectStore, J: MessageQueue, E: MessageQueue> Batches<S, J, E> {
         let price = model.batch_price_per_image.unwrap_or(model.price_per_image / 2.0);
         let model = &model;
         tracing::info!(run_id = %record.run_id, chunk = record.chunk, state = ?status.state, "reading batch results");
-        let (tx, rx) = tokio::sync::mpsc::channel::<BatchResult>(STORE_CONCURRENCY);
+        let (tx, rx) = tokio::sync::mpsc::channel::<BatchResult>(1);
         let reading = api.results(status, tx);
         let mut answered = Vec::new();
         let storing = tokio_stream_of(rx)
