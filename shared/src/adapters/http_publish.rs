@@ -5,30 +5,21 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::domain::redact::redact;
+use crate::domain::redact::{Secret, redact};
 use crate::ports::publish::{Cms, Notifier, PublishError};
 
 /// By default `PATCH {base}/api/products/{sku}` with `{"image_url": …}` and a Bearer token; method,
 /// path and body are configurable for other CMSs.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct HttpCms {
     client: reqwest::Client,
     base_url: String,
-    token: String,
+    token: Secret,
     method: reqwest::Method,
     /// With `{sku}`.
     path: String,
     /// JSON with `{sku}` and `{image_url}`, filled in JSON-escaped.
     body: String,
-}
-
-impl std::fmt::Debug for HttpCms {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpCms")
-            .field("base_url", &self.base_url)
-            .field("token", &"<redacted>")
-            .finish()
-    }
 }
 
 /// A CMS base URL must be an absolute http(s) URL without userinfo (the token is the one credential sent).
@@ -63,7 +54,7 @@ impl HttpCms {
         Self {
             client,
             base_url: without_userinfo(base_url).trim_end_matches('/').to_owned(),
-            token: token.to_owned(),
+            token: Secret::new(token),
             method: reqwest::Method::PATCH,
             path: "/api/products/{sku}".into(),
             body: r#"{"image_url": "{image_url}"}"#.into(),
@@ -115,33 +106,28 @@ impl Cms for HttpCms {
         let response = self
             .client
             .request(self.method.clone(), &url)
-            .bearer_auth(&self.token)
+            .bearer_auth(self.token.expose())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(fill(&self.body, sku, image_url))
             .send()
             .await;
-        check(response, "CMS", &[&self.token]).await
+        check(response, "CMS", &[self.token.expose()]).await
     }
 }
 
 /// A Slack incoming webhook.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct SlackWebhook {
     client: reqwest::Client,
-    url: String,
-}
-
-impl std::fmt::Debug for SlackWebhook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SlackWebhook(<redacted>)")
-    }
+    /// The webhook URL is the credential.
+    url: Secret,
 }
 
 impl SlackWebhook {
     pub fn new(client: reqwest::Client, url: &str) -> Self {
         Self {
             client,
-            url: url.to_owned(),
+            url: Secret::new(url),
         }
     }
 }
@@ -153,8 +139,8 @@ impl Notifier for SlackWebhook {
             "text": text,
             "blocks": [{ "type": "section", "text": { "type": "mrkdwn", "text": text } }],
         });
-        let response = self.client.post(&self.url).json(&body).send().await;
-        check(response, "Slack", &[&self.url]).await
+        let response = self.client.post(self.url.expose()).json(&body).send().await;
+        check(response, "Slack", &[self.url.expose()]).await
     }
 }
 
@@ -193,6 +179,22 @@ async fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_never_show_in_debug_output() {
+        let client = reqwest::Client::new();
+        let cms = HttpCms::new(client.clone(), "https://cms.example.com", "cms-token-123");
+        let slack = SlackWebhook::new(client.clone(), "https://hooks.slack.com/services/T/B/hook-secret");
+        let api = crate::providers::http::ApiEndpoint::new(client, "https://api.example.com", "api-key-456");
+        let shown = format!("{cms:?} {slack:?} {api:?}");
+        for secret in ["cms-token-123", "hook-secret", "api-key-456"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(
+            shown.contains("https://cms.example.com") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn a_cms_id_is_one_path_segment() {

@@ -12,6 +12,26 @@ const MIN_SECRET_LEN: usize = 8;
 /// Query parameters of AWS presigned URLs that are credentials.
 const PRESIGNED_PARAMETERS: [&str; 3] = ["x-amz-credential=", "x-amz-security-token=", "x-amz-signature="];
 
+/// A credential (API key, token): `Debug` shows `<redacted>`; the value is read with [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
 /// `scheme://host[:port]/path` of a URL: userinfo, query and fragment left out.
 pub fn display_url(url: &str) -> String {
     match reqwest::Url::parse(url) {

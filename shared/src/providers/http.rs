@@ -7,7 +7,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 use super::ProviderError;
 use crate::adapters::net::{FetchClient, FetchError, read_limited, read_prefix};
-use crate::domain::redact::redact;
+use crate::domain::redact::{Secret, redact};
 
 /// Largest image a provider returns: 4096×4096 RGB stored uncompressed (a PNG cannot be much larger).
 pub const MAX_IMAGE_BYTES: usize = 48 * 1024 * 1024;
@@ -162,22 +162,13 @@ pub async fn read_response(
 }
 
 /// An HTTP API reached with an API key: the shared client, the base URL, and the key (never printed).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ApiEndpoint {
     pub client: reqwest::Client,
     /// For reference images and download URLs: public addresses only.
     pub fetch: FetchClient,
     base_url: String,
-    api_key: String,
-}
-
-impl std::fmt::Debug for ApiEndpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiEndpoint")
-            .field("base_url", &self.base_url)
-            .field("api_key", &"<redacted>")
-            .finish()
-    }
+    api_key: Secret,
 }
 
 impl ApiEndpoint {
@@ -186,7 +177,7 @@ impl ApiEndpoint {
             client,
             fetch: FetchClient::from_env(),
             base_url: base_url.trim_end_matches('/').to_owned(),
-            api_key: api_key.to_owned(),
+            api_key: Secret::new(api_key),
         }
     }
 
@@ -202,7 +193,7 @@ impl ApiEndpoint {
     }
 
     pub fn api_key(&self) -> &str {
-        &self.api_key
+        self.api_key.expose()
     }
 }
 
