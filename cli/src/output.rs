@@ -101,18 +101,21 @@ pub fn progress_summary(run: &RunRecord) -> String {
     )
 }
 
-fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+/// Prints `value` as JSON with `json`; otherwise hands back stdout for the text form.
+fn json_or_text(json: bool, value: &impl serde::Serialize) -> anyhow::Result<Option<std::io::StdoutLock<'static>>> {
     let mut out = std::io::stdout().lock();
+    if !json {
+        return Ok(Some(out));
+    }
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
-    Ok(())
+    Ok(None)
 }
 
 pub fn models(catalog: &Catalog, json: bool) -> anyhow::Result<()> {
-    if json {
-        return print_json(catalog);
-    }
-    let mut out = std::io::stdout().lock();
+    let Some(mut out) = json_or_text(json, catalog)? else {
+        return Ok(());
+    };
     writeln!(
         out,
         "{:<18} {:<12} {:<34} {:>9} {:>9}  use for",
@@ -136,13 +139,12 @@ pub fn models(catalog: &Catalog, json: bool) -> anyhow::Result<()> {
 
 pub fn providers(json: bool) -> anyhow::Result<()> {
     use imagepipe::providers::registry::PROVIDERS;
-    if json {
-        let rows: Vec<_> = (PROVIDERS.iter())
-            .map(|p| serde_json::json!({"name": p.name, "about": p.about, "credentials": p.credentials.describe()}))
-            .collect();
-        return print_json(&rows);
-    }
-    let mut out = std::io::stdout().lock();
+    let rows: Vec<_> = (PROVIDERS.iter())
+        .map(|p| serde_json::json!({"name": p.name, "about": p.about, "credentials": p.credentials.describe()}))
+        .collect();
+    let Some(mut out) = json_or_text(json, &rows)? else {
+        return Ok(());
+    };
     writeln!(out, "{:<12} {:<56} CREDENTIALS", "PROVIDER", "WHAT")?;
     for p in &PROVIDERS {
         writeln!(out, "{:<12} {:<56} {}", p.name, p.about, p.credentials.describe())?;
@@ -151,10 +153,9 @@ pub fn providers(json: bool) -> anyhow::Result<()> {
 }
 
 pub fn plan(plan: &Plan, json: bool) -> anyhow::Result<()> {
-    if json {
-        return print_json(plan);
-    }
-    let mut out = std::io::stdout().lock();
+    let Some(mut out) = json_or_text(json, plan)? else {
+        return Ok(());
+    };
     writeln!(
         out,
         "{}: template {}, model {} ({}), {}",
@@ -242,10 +243,9 @@ fn shown(text: &str) -> String {
 }
 
 pub fn report(report: &RunReport, path: &Path, json: bool) -> anyhow::Result<()> {
-    if json {
-        return print_json(report);
-    }
-    let mut out = std::io::stdout().lock();
+    let Some(mut out) = json_or_text(json, report)? else {
+        return Ok(());
+    };
     writeln!(
         out,
         "{}: {} in {:.1}s",
@@ -290,10 +290,11 @@ pub fn report(report: &RunReport, path: &Path, json: bool) -> anyhow::Result<()>
 
 /// A submitted run: its id (what `status` and `cancel` take) and where its CSV went.
 pub fn submitted(run_id: &str, source: &str, json: bool) -> anyhow::Result<()> {
-    if json {
-        return print_json(&serde_json::json!({"run_id": run_id, "csv": source}));
-    }
-    println!("{run_id}");
+    let value = serde_json::json!({"run_id": run_id, "csv": source});
+    let Some(mut out) = json_or_text(json, &value)? else {
+        return Ok(());
+    };
+    writeln!(out, "{run_id}")?;
     eprintln!("{source}: watch it with `imagepipe status {run_id}`");
     Ok(())
 }
@@ -304,17 +305,17 @@ pub fn status(
     failures: &[imagepipe::domain::report::FailureEntry],
     json: bool,
 ) -> anyhow::Result<()> {
-    if json {
-        return print_json(&runs);
-    }
+    let Some(mut out) = json_or_text(json, &runs)? else {
+        return Ok(());
+    };
     if runs.is_empty() {
-        println!("no run in progress");
+        writeln!(out, "no run in progress")?;
     }
     for run in runs {
-        println!("{}", shown(&crate::stack::progress_line(run)));
+        writeln!(out, "{}", shown(&crate::stack::progress_line(run)))?;
     }
     for f in failures {
-        println!("  failed row {} ({}): {}", f.row, shown(&f.key), shown(&f.reason));
+        writeln!(out, "  failed row {} ({}): {}", f.row, shown(&f.key), shown(&f.reason))?;
     }
     Ok(())
 }

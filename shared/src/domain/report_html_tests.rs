@@ -10,6 +10,13 @@ fn image(row: u64, key: &str, prompt: &str) -> ImageEntry {
     }
 }
 
+/// Asserts `html` contains each of `expected`.
+fn contains_all(html: &str, expected: &[&str]) {
+    for text in expected {
+        assert!(html.contains(text), "{text} missing");
+    }
+}
+
 fn failure(row: u64, reason: &str) -> FailureEntry {
     FailureEntry {
         row,
@@ -61,10 +68,15 @@ fn csv_and_provider_text_is_escaped_everywhere() {
     assert!(!html.contains("<img src=x"));
     assert!(!html.contains("<script"));
     assert!(!html.contains("</script>"));
-    assert!(html.contains("&lt;img src=x onerror=alert(1)&gt;"));
-    assert!(html.contains("&lt;/script&gt;&lt;script&gt;alert(2)&lt;/script&gt;"));
-    assert!(html.contains("column &quot;name&quot;"));
-    assert!(html.contains("src=\"../../images/t/a%20b%231.png\""));
+    contains_all(
+        &html,
+        &[
+            "&lt;img src=x onerror=alert(1)&gt;",
+            "&lt;/script&gt;&lt;script&gt;alert(2)&lt;/script&gt;",
+            "column &quot;name&quot;",
+            "src=\"../../images/t/a%20b%231.png\"",
+        ],
+    );
 }
 
 #[test]
@@ -98,10 +110,15 @@ fn failures_are_grouped_by_class_with_counts_and_reasons() {
     ];
     let (report, shown) = run(vec![], failures, vec![]);
     let html = page(&report, &shown, None);
-    assert!(html.contains("<h2>Failures (4)</h2>"));
-    assert!(html.contains("<h3 id=\"class-refused\">refused by the provider (2)</h3>"));
-    assert!(html.contains("<h3 id=\"class-rate_limited\">rate limited (1)</h3>"));
-    assert!(html.contains("<h3 id=\"class-not_an_image\">not an image (1)</h3>"));
+    contains_all(
+        &html,
+        &[
+            "<h2>Failures (4)</h2>",
+            "<h3 id=\"class-refused\">refused by the provider (2)</h3>",
+            "<h3 id=\"class-rate_limited\">rate limited (1)</h3>",
+            "<h3 id=\"class-not_an_image\">not an image (1)</h3>",
+        ],
+    );
     assert!(!html.contains("class-provider_down"));
     let refused = html.find("class-refused").unwrap();
     let limited = html.find("class-rate_limited").unwrap();
@@ -142,16 +159,26 @@ fn a_big_run_shows_the_first_thousand_and_counts_the_rest() {
     let html = page(&report, &shown, None);
     assert_eq!(html.matches("<img ").count(), SHOWN);
     assert_eq!(html.matches("<tr class=\"failure\">").count(), SHOWN);
-    assert!(html.contains("<h3 id=\"class-provider_down\">provider down (1200)</h3>"));
-    assert!(html.contains("…and 500 more images, in <a href=\"results.csv\">results.csv</a>"));
-    assert!(html.contains("…and 200 more failures, in <a href=\"results.csv\">results.csv</a>"));
+    contains_all(
+        &html,
+        &[
+            "<h3 id=\"class-provider_down\">provider down (1200)</h3>",
+            "…and 500 more images, in <a href=\"results.csv\">results.csv</a>",
+            "…and 200 more failures, in <a href=\"results.csv\">results.csv</a>",
+        ],
+    );
 }
 
 #[test]
 fn each_thumbnail_has_its_key_row_and_prompt_on_hover_and_click() {
     let (report, shown) = run(vec![image(7, "t/mug", "Photo of a \"mug\"")], vec![], vec![]);
     let html = page(&report, &shown, None);
-    assert!(html.contains("title=\"row 7 · t/mug\nPhoto of a &quot;mug&quot;\""));
-    assert!(html.contains("<img loading=\"lazy\" src=\"../../images/t/mug.png\" alt=\"t/mug\">"));
-    assert!(html.contains("<p class=\"prompt\">Photo of a &quot;mug&quot;</p>"));
+    contains_all(
+        &html,
+        &[
+            "title=\"row 7 · t/mug\nPhoto of a &quot;mug&quot;\"",
+            "<img loading=\"lazy\" src=\"../../images/t/mug.png\" alt=\"t/mug\">",
+            "<p class=\"prompt\">Photo of a &quot;mug&quot;</p>",
+        ],
+    );
 }
