@@ -53,6 +53,7 @@ struct Batch {
     model: String,
     input: String,
     polls: u32,
+    cancelled: bool,
     /// Results, once finished: (success lines, error lines).
     results: Option<(String, String)>,
 }
@@ -231,6 +232,9 @@ impl Handler {
         let script = state.script.clone();
         let batch = &mut state.batches[index];
         batch.polls += 1;
+        if batch.cancelled {
+            return ("cancelled", None);
+        }
         let step = batch.polls / script.polls_per_state.max(1);
         if step < 2 {
             return (if step == 0 { "pending" } else { "running" }, None);
@@ -383,6 +387,14 @@ impl Handler {
                 }
             };
         }
+        if let Some(id) = path.strip_prefix("/v1beta/").and_then(|p| p.strip_suffix(":cancel")) {
+            let mut state = self.lock();
+            let Some(batch) = state.batches.iter_mut().find(|b| b.id == id) else {
+                return not_found();
+            };
+            batch.cancelled = true;
+            return ResponseTemplate::new(200).set_body_json(json!({}));
+        }
         if path == "/v1beta/batches" {
             let operations: Vec<Value> = {
                 let count = self.lock().batches.len();
@@ -483,6 +495,20 @@ impl Handler {
                 .collect();
             return ResponseTemplate::new(200).set_body_json(json!({"object": "list", "data": data,
                 "first_id": data.first().map(|b| b["id"].clone()), "last_id": data.last().map(|b| b["id"].clone()), "has_more": false}));
+        }
+        if let Some(id) = path
+            .strip_prefix("/v1/batches/")
+            .and_then(|p| p.strip_suffix("/cancel"))
+        {
+            let index = {
+                let mut state = self.lock();
+                let Some(index) = state.batches.iter().position(|b| b.id == id) else {
+                    return not_found();
+                };
+                state.batches[index].cancelled = true;
+                index
+            };
+            return ResponseTemplate::new(200).set_body_json(self.openai_batch(index, "cancelling", None));
         }
         if let Some(id) = path.strip_prefix("/v1/batches/") {
             let index = self.lock().batches.iter().position(|b| b.id == id);

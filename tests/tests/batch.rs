@@ -408,3 +408,17 @@ async fn results_are_read_line_by_line_across_reads_whatever_the_line_ends() {
     reading.await.unwrap().unwrap();
     assert_eq!(rows, vec![(1, true), (2, true), (3, false), (4, true)]);
 }
+
+#[tokio::test]
+async fn a_batch_is_cancelled_through_each_api() {
+    let gemini = batch_stand_in::gemini(Script::rows(&[], &[], &[])).await;
+    let api = gemini_api(&gemini);
+    let id = submitted(&api, 2, "gemini-2.5-flash-image", None).await;
+    api.cancel(&id).await.unwrap();
+    assert_eq!(api.status(&id).await.unwrap().state, BatchState::Cancelled);
+    let openai = batch_stand_in::openai(Script::rows(&[], &[], &[])).await;
+    let api = openai_api(&openai);
+    let id = submitted(&api, 2, "gpt-image-1", None).await;
+    api.cancel(&id).await.unwrap();
+    assert_eq!(api.status(&id).await.unwrap().state, BatchState::Cancelled);
+}

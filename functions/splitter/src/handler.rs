@@ -321,7 +321,7 @@ async fn poll_batches(deps: &Deps, deadline: u64) -> Result<Polled, Error> {
             continue;
         }
         polled.runs += 1;
-        match deps.batches.poll(&run_id, stop_by).await {
+        match deps.batches.poll(&run_id, stop_by, run.stopped.is_some()).await {
             Ok(progress) => {
                 polled.waiting += progress.waiting;
                 polled.collected += progress.collected;

@@ -68,6 +68,9 @@ pub trait BatchApi: Send + Sync {
 
     async fn status(&self, id: &str) -> Result<BatchStatus, ProviderError>;
 
+    /// Asks the provider to stop the batch; requests already done stay done (and paid).
+    async fn cancel(&self, id: &str) -> Result<(), ProviderError>;
+
     /// Reads the result lines of a final batch into `results`, one at a time (a batch's results can
     /// be gigabytes of base64 images: never held whole).
     async fn results(&self, status: &BatchStatus, results: mpsc::Sender<BatchResult>) -> Result<(), ProviderError>;

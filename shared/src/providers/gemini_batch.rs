@@ -205,6 +205,12 @@ impl BatchApi for GeminiBatch {
         })
     }
 
+    async fn cancel(&self, id: &str) -> Result<(), ProviderError> {
+        let id = checked_id(NAME, id, "batches/")?;
+        let url = self.api.url(&format!("/v1beta/{id}:cancel"));
+        self.read(self.api.client.post(url).json(&json!({}))).await.map(|_| ())
+    }
+
     async fn results(&self, status: &BatchStatus, results: mpsc::Sender<BatchResult>) -> Result<(), ProviderError> {
         for file in &status.results {
             let file = checked_id(NAME, file, "files/")?;

@@ -167,6 +167,12 @@ impl BatchApi for OpenAiBatch {
         })
     }
 
+    async fn cancel(&self, id: &str) -> Result<(), ProviderError> {
+        let id = checked_id(NAME, id, "")?;
+        let url = self.api.url(&format!("/v1/batches/{id}/cancel"));
+        self.read(self.api.client.post(url)).await.map(|_| ())
+    }
+
     async fn results(&self, status: &BatchStatus, results: mpsc::Sender<BatchResult>) -> Result<(), ProviderError> {
         for file in &status.results {
             let file = checked_id(NAME, file, "")?;

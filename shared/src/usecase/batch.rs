@@ -93,6 +93,9 @@ pub struct BatchRecord {
     /// rows the batch format cannot carry).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sync_rows: Vec<u64>,
+    /// The run was stopped and the provider asked to cancel the batch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancelled: bool,
 }
 
 impl BatchRecord {
@@ -285,6 +288,7 @@ impl<S: ObjectStore, J: MessageQueue, E: MessageQueue> Batches<S, J, E> {
             state: None,
             failed: Vec::new(),
             sync_rows,
+            cancelled: false,
         };
         let open = keys::open(&run.run_id, chunk);
         let created_before = self.store.put_if_absent(&open, json_object(&record)).await? == PutOutcome::AlreadyExists;
@@ -347,17 +351,18 @@ impl<S: ObjectStore, J: MessageQueue, E: MessageQueue> Batches<S, J, E> {
     }
 
     /// Checks each open chunk of `run_id` at its provider and reads the results of those finished,
-    /// starting no reading after `stop_by_ms` (those are read at the next poll).
+    /// starting no reading after `stop_by_ms` (those are read at the next poll). Once the run is
+    /// `stopped`, the provider is asked to cancel its unfinished batches; what they made is still read.
     /// A chunk that cannot be polled (its batch gone, its results unreadable) is logged and tried
     /// again at the next poll; it does not hold back the run's other chunks.
-    pub async fn poll(&self, run_id: &str, stop_by_ms: u64) -> Result<BatchProgress, Error> {
+    pub async fn poll(&self, run_id: &str, stop_by_ms: u64, stopped: bool) -> Result<BatchProgress, Error> {
         let mut progress = BatchProgress::default();
         for key in self.store.list(&keys::open_prefix(run_id)).await? {
             if now_ms() > stop_by_ms {
                 progress.waiting += 1;
                 continue;
             }
-            if let Err(e) = self.poll_chunk(&key, &mut progress).await {
+            if let Err(e) = self.poll_chunk(&key, stopped, &mut progress).await {
                 tracing::warn!(%run_id, %key, error = %e, "batch not polled; trying again at the next poll");
                 progress.waiting += 1;
             }
@@ -365,7 +370,7 @@ impl<S: ObjectStore, J: MessageQueue, E: MessageQueue> Batches<S, J, E> {
         Ok(progress)
     }
 
-    async fn poll_chunk(&self, key: &str, progress: &mut BatchProgress) -> Result<(), Error> {
+    async fn poll_chunk(&self, key: &str, stopped: bool, progress: &mut BatchProgress) -> Result<(), Error> {
         let Some(mut record) = self.read_record(key).await? else {
             return Ok(());
         };
@@ -376,6 +381,12 @@ impl<S: ObjectStore, J: MessageQueue, E: MessageQueue> Batches<S, J, E> {
         };
         let api = self.apis.get(&record.provider)?;
         let status = api.status(&id).await?;
+        if !status.state.is_final() && stopped && !record.cancelled {
+            tracing::info!(run_id = %record.run_id, chunk = record.chunk, %id, "run stopped; cancelling its batch");
+            api.cancel(&id).await?;
+            record.cancelled = true;
+            self.write_record(key, &record).await?;
+        }
         if !status.state.is_final() {
             progress.waiting += 1;
             progress.requests += status.total.unwrap_or(record.requests);

@@ -24,6 +24,7 @@ struct FakeBatchApi {
     lose_next_answer: Mutex<bool>,
     batches: Mutex<Vec<(String, Vec<u64>)>>,
     status_calls: AtomicUsize,
+    cancels: AtomicUsize,
     polls: usize,
     answer: fn(u64) -> Result<(), ProviderError>,
 }
@@ -35,6 +36,7 @@ impl FakeBatchApi {
             lose_next_answer: Mutex::new(false),
             batches: Mutex::new(Vec::new()),
             status_calls: AtomicUsize::new(0),
+            cancels: AtomicUsize::new(0),
             polls,
             answer,
         }
@@ -86,12 +88,13 @@ impl BatchApi for FakeBatchApi {
 
     async fn status(&self, id: &str) -> Result<BatchStatus, ProviderError> {
         let calls = self.status_calls.fetch_add(1, Ordering::SeqCst) + 1;
-        let done = calls >= self.polls;
+        let cancelled = self.cancels.load(Ordering::SeqCst) > 0;
+        let done = calls >= self.polls && !cancelled;
         Ok(BatchStatus {
-            state: if done {
-                BatchState::Succeeded
-            } else {
-                BatchState::Running
+            state: match (cancelled, done) {
+                (true, _) => BatchState::Cancelled,
+                (false, true) => BatchState::Succeeded,
+                (false, false) => BatchState::Running,
             },
             total: None,
             done: None,
@@ -101,12 +104,20 @@ impl BatchApi for FakeBatchApi {
         })
     }
 
+    async fn cancel(&self, _id: &str) -> Result<(), ProviderError> {
+        self.cancels.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
     async fn results(
         &self,
         status: &BatchStatus,
         results: tokio::sync::mpsc::Sender<BatchResult>,
     ) -> Result<(), ProviderError> {
-        let name = status.results[0].trim_start_matches("batches/").to_owned();
+        let Some(file) = status.results.first() else {
+            return Ok(());
+        };
+        let name = file.trim_start_matches("batches/").to_owned();
         let rows = self
             .batches
             .lock()
@@ -243,10 +254,10 @@ async fn a_finished_batch_becomes_images_and_outcomes_and_its_failures_are_route
         _ => Ok(()),
     }));
     w.submit(4).await.unwrap();
-    let waiting = w.batches.poll(RUN, u64::MAX).await.unwrap();
+    let waiting = w.batches.poll(RUN, u64::MAX, false).await.unwrap();
     assert_eq!((waiting.waiting, waiting.collected), (1, 0));
     assert!(w.batches.events.sent().is_empty());
-    let done = w.batches.poll(RUN, u64::MAX).await.unwrap();
+    let done = w.batches.poll(RUN, u64::MAX, false).await.unwrap();
     assert_eq!((done.waiting, done.collected), (0, 1));
     let events = events(&w.batches.events);
     let made: Vec<u64> = events
@@ -285,7 +296,7 @@ async fn a_finished_batch_becomes_images_and_outcomes_and_its_failures_are_route
     assert_eq!(record.state, Some(BatchState::Succeeded));
     assert_eq!(record.failed.iter().map(|f| f.row).collect::<Vec<_>>(), vec![2]);
     assert!(
-        w.batches.poll(RUN, u64::MAX).await.unwrap() == BatchProgress::default(),
+        w.batches.poll(RUN, u64::MAX, false).await.unwrap() == BatchProgress::default(),
         "nothing open"
     );
 }
@@ -297,14 +308,14 @@ async fn a_poll_that_fails_part_way_is_finished_by_the_next_without_a_second_bat
     // The record (1), the read lease (2), the jobs (3), the 3 images (4-6), then the done record
     // (7) fails: the poll says the batch is still waiting.
     w.batches.store.fail_at(7);
-    let failed = w.batches.poll(RUN, u64::MAX).await.unwrap();
+    let failed = w.batches.poll(RUN, u64::MAX, false).await.unwrap();
     assert_eq!((failed.waiting, failed.collected), (1, 0));
     assert!(
         w.batches.store.inner.get(&keys::open(RUN, 0)).await.unwrap().is_some(),
         "still open"
     );
     w.batches.store.fail_at(0);
-    assert_eq!(w.batches.poll(RUN, u64::MAX).await.unwrap().collected, 1);
+    assert_eq!(w.batches.poll(RUN, u64::MAX, false).await.unwrap().collected, 1);
     assert!(
         w.batches.jobs.sent().is_empty(),
         "the images written before were found, not made again"
@@ -324,9 +335,9 @@ async fn a_poll_that_fails_part_way_is_finished_by_the_next_without_a_second_bat
 async fn a_poll_started_too_late_leaves_the_finished_batch_for_the_next() {
     let w = world(FakeBatchApi::new(1, |_| Ok(())));
     w.submit(1).await.unwrap();
-    let late = w.batches.poll(RUN, 0).await.unwrap();
+    let late = w.batches.poll(RUN, 0, false).await.unwrap();
     assert_eq!((late.waiting, late.collected), (1, 0));
-    assert_eq!(w.batches.poll(RUN, u64::MAX).await.unwrap().collected, 1);
+    assert_eq!(w.batches.poll(RUN, u64::MAX, false).await.unwrap().collected, 1);
 }
 
 #[tokio::test]
@@ -377,7 +388,7 @@ async fn rows_with_references_or_an_existing_image_go_the_synchronous_way_once()
         vec![3, 4],
         "the batch holds the others"
     );
-    w.batches.poll(RUN, u64::MAX).await.unwrap();
+    w.batches.poll(RUN, u64::MAX, false).await.unwrap();
     assert_eq!(
         events(&w.batches.events).len(),
         2,
@@ -397,7 +408,7 @@ async fn a_batch_another_poll_is_reading_is_left_to_it() {
         metadata: vec![],
     };
     w.batches.store.put(&keys::reading(RUN, 0), held).await.unwrap();
-    let skipped = w.batches.poll(RUN, u64::MAX).await.unwrap();
+    let skipped = w.batches.poll(RUN, u64::MAX, false).await.unwrap();
     assert_eq!((skipped.waiting, skipped.collected), (1, 0));
     assert!(w.batches.events.sent().is_empty());
     // A lease that ended (its poll died) is taken over.
@@ -408,7 +419,7 @@ async fn a_batch_another_poll_is_reading_is_left_to_it() {
         metadata: vec![],
     };
     w.batches.store.put(&keys::reading(RUN, 0), ended).await.unwrap();
-    assert_eq!(w.batches.poll(RUN, u64::MAX).await.unwrap().collected, 1);
+    assert_eq!(w.batches.poll(RUN, u64::MAX, false).await.unwrap().collected, 1);
 }
 
 #[tokio::test]
@@ -417,9 +428,29 @@ async fn an_image_that_could_not_be_stored_is_read_again_not_paid_again() {
     w.submit(2).await.unwrap();
     // The record (1), the read lease (2), the jobs (3), then the first image's write (4) fails.
     w.batches.store.fail_at(4);
-    assert_eq!(w.batches.poll(RUN, u64::MAX).await.unwrap().collected, 0);
+    assert_eq!(w.batches.poll(RUN, u64::MAX, false).await.unwrap().collected, 0);
     assert!(w.batches.jobs.sent().is_empty(), "not sent the synchronous way");
     w.batches.store.fail_at(0);
-    assert_eq!(w.batches.poll(RUN, u64::MAX).await.unwrap().collected, 1);
+    assert_eq!(w.batches.poll(RUN, u64::MAX, false).await.unwrap().collected, 1);
     assert_eq!(w.api.created(), 1);
+}
+
+#[tokio::test]
+async fn a_stopped_runs_unfinished_batch_is_cancelled_once_and_its_rows_fail_through_the_generator() {
+    let w = world(FakeBatchApi::new(100, |_| Ok(())));
+    w.submit(2).await.unwrap();
+    let first = w.batches.poll(RUN, u64::MAX, true).await.unwrap();
+    assert_eq!((first.waiting, w.api.cancels.load(Ordering::SeqCst)), (1, 1));
+    let second = w.batches.poll(RUN, u64::MAX, true).await.unwrap();
+    assert_eq!(
+        (second.collected, w.api.cancels.load(Ordering::SeqCst)),
+        (1, 1),
+        "asked once"
+    );
+    // The generator fails them as not attempted: it sees the run's stop.
+    let mut rows: Vec<u64> = (w.batches.jobs.sent().iter())
+        .map(|b| serde_json::from_str::<Job>(b).unwrap().row)
+        .collect();
+    rows.sort_unstable();
+    assert_eq!(rows, vec![1, 2]);
 }

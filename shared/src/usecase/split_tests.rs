@@ -247,6 +247,7 @@ impl ChunkSink for ChunkLog {
             state: None,
             failed: vec![],
             sync_rows: vec![],
+            cancelled: false,
         };
         self.records.lock().unwrap().insert(from.rows_read, record);
         match crash {

@@ -438,7 +438,7 @@ impl Pipeline {
         };
         loop {
             tokio::time::sleep(options.poll_every).await;
-            match batches.poll(run_id, u64::MAX).await {
+            match batches.poll(run_id, u64::MAX, false).await {
                 Ok(progress) => (options.progress)(&progress),
                 Err(e) => tracing::warn!(error = %e, "batches not polled; trying again at the next poll"),
             }

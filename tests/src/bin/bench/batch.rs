@@ -144,6 +144,7 @@ pub async fn collect(rows: u64) -> Result<(), Error> {
         state: None,
         failed: vec![],
         sync_rows: vec![],
+        cancelled: false,
     };
     store
         .put(&keys::open(RUN, 0), object(serde_json::to_vec(&record)?))
@@ -171,7 +172,7 @@ pub async fn collect(rows: u64) -> Result<(), Error> {
     let ceiling = bytes as f64 / started.elapsed().as_secs_f64() / 1_048_576.0;
     let rss_before = peak_rss_kib();
     let started = Instant::now();
-    let progress = batches.poll(RUN, u64::MAX).await?;
+    let progress = batches.poll(RUN, u64::MAX, false).await?;
     let wall = started.elapsed().as_secs_f64();
     let made = batches.events.sent().len() as u64;
     assert_eq!((progress.collected, made), (1, rows), "every row's outcome sent");
