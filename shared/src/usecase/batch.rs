@@ -519,10 +519,15 @@ impl<S: ObjectStore, J: MessageQueue, E: MessageQueue> Batches<S, J, E> {
             .collect())
     }
 
-    /// Sends again the outcomes of a chunk whose results were read by an earlier process: its
-    /// failures as they were, its other rows to the generator, which finds their images stored.
+    /// Sends again what an earlier process sent of a chunk: for a chunk whose results were read,
+    /// its failures as they were and its other rows to the generator, which finds their images
+    /// stored; for a chunk still at the provider, the rows it sent the synchronous way.
     async fn replay(&self, record: &BatchRecord) -> Result<(), Error> {
         let mut jobs = self.jobs_of(record).await?;
+        if !record.state.is_some_and(BatchState::is_final) {
+            let jobs: Vec<Job> = jobs.into_values().collect();
+            return self.send_sync(&jobs, &record.sync_rows).await;
+        }
         for failure in &record.failed {
             jobs.remove(&failure.row);
             let event = PipelineEvent::JobFailed {
@@ -601,9 +606,10 @@ where
     async fn recorded(&self, run_id: &str, chunk: u64) -> Result<Option<BatchRecord>, Error> {
         let record = Batches::recorded(self, run_id, chunk).await?;
         if self.replay_done
-            && let Some(done) = record.as_ref().filter(|r| r.state.is_some_and(BatchState::is_final))
+            && let Some(found) = &record
+            && (found.id.is_some() || found.state.is_some())
         {
-            self.replay(done).await?;
+            self.replay(found).await?;
         }
         Ok(record)
     }

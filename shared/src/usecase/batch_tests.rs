@@ -454,3 +454,27 @@ async fn a_stopped_runs_unfinished_batch_is_cancelled_once_and_its_rows_fail_thr
     rows.sort_unstable();
     assert_eq!(rows, vec![1, 2]);
 }
+
+#[tokio::test]
+async fn a_later_local_process_sends_an_open_chunks_synchronous_rows_again() {
+    let mut w = world(FakeBatchApi::new(100, |_| Ok(())));
+    w.batches.replay_done = true;
+    let mut chunk = jobs(1..=2);
+    chunk[0].references = vec!["https://cdn.example.com/a.png".into()];
+    (w.batches)
+        .submit(&w.run, checkpoint(0), checkpoint(2), chunk)
+        .await
+        .unwrap();
+    assert_eq!(w.batches.jobs.take().len(), 1, "row 1 went the synchronous way");
+    // A new process (its ledger empty) reaches the chunk again: its batch is still at the provider.
+    let found = ChunkSink::recorded(&w.batches, RUN, 0).await.unwrap().unwrap();
+    assert_eq!(found.sync_rows, vec![1]);
+    let again: Vec<u64> = (w.batches.jobs.sent().iter())
+        .map(|b| serde_json::from_str::<Job>(b).unwrap().row)
+        .collect();
+    assert_eq!(
+        again,
+        vec![1],
+        "row 1 is the generator's again; row 2 waits for the batch"
+    );
+}
