@@ -47,6 +47,54 @@ impl<P> BatchClient<P> {
     }
 }
 
+/// Batches listed a page, and pages looked through to find one by name (newest first: a lookup
+/// follows a creation by seconds).
+const LIST_PAGE: usize = 100;
+const LIST_PAGES: usize = 20;
+
+/// How an API lists its batches: the path and its page-size and cursor parameters, where a page's
+/// batches are, where each names itself and its id, and the next page's cursor.
+pub struct Listing<'a> {
+    pub provider: &'a str,
+    pub path: &'a str,
+    pub size_param: &'a str,
+    pub cursor_param: &'a str,
+    pub items: &'a str,
+    pub name_at: &'a str,
+    pub id_field: &'a str,
+    pub id_prefix: &'a str,
+    pub next: fn(&serde_json::Value) -> Option<String>,
+}
+
+impl<P> BatchClient<P> {
+    /// The id of the batch called `name`, looked for page by page as `listing` says; `auth` adds the
+    /// API's key to a request.
+    pub(super) async fn find_listed(
+        &self,
+        listing: &Listing<'_>,
+        name: &str,
+        auth: fn(reqwest::RequestBuilder, &str) -> reqwest::RequestBuilder,
+    ) -> Result<Option<String>, ProviderError> {
+        let key = self.api.api_key();
+        let mut cursor: Option<String> = None;
+        for _ in 0..LIST_PAGES {
+            let mut query = vec![(listing.size_param, LIST_PAGE.to_string())];
+            query.extend(cursor.take().map(|c| (listing.cursor_param, c)));
+            let request = self.api.client.get(self.api.url(listing.path)).query(&query);
+            let sent = auth(request, key).timeout(self.call_time).send().await;
+            let page = read_json(listing.provider, sent, key).await?;
+            if let Some(id) = named_in(&page, listing.items, listing.name_at, listing.id_field, name) {
+                return Ok(Some(checked_id(listing.provider, id, listing.id_prefix)?.to_owned()));
+            }
+            cursor = (listing.next)(&page);
+            if cursor.is_none() {
+                break;
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// A control call's JSON answer, or a decision when there is none.
 pub async fn read_json(
     provider: &str,
@@ -166,7 +214,7 @@ pub fn checked_id<'a>(provider: &str, id: &'a str, prefix: &str) -> Result<&'a s
 
 /// The id of the batch called `name` among a list page's `items`, each naming itself at
 /// `name_at` (a JSON pointer) and identified by `id_field`.
-pub fn named_in<'a>(
+fn named_in<'a>(
     page: &'a serde_json::Value,
     items: &str,
     name_at: &str,

@@ -8,15 +8,11 @@
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::batch_http::{BatchClient, Lines, checked_id, named_in, opened, read_json, row_of};
+use super::batch_http::{BatchClient, Lines, Listing, checked_id, opened, read_json, row_of};
 use super::gemini::{GeminiProvider, NAME, image_of};
 use super::http::snippet;
 use super::{ImageRequest, ProviderError};
 use crate::ports::batch::{BatchApi, BatchResult, BatchState, BatchStatus};
-
-/// Batches listed a page, and pages looked through to find one by name (newest first).
-const LIST_PAGE: usize = 100;
-const LIST_PAGES: usize = 20;
 
 /// The Gemini batch client.
 pub type GeminiBatch = BatchClient<GeminiProvider>;
@@ -157,22 +153,22 @@ impl BatchApi for GeminiBatch {
     }
 
     async fn find(&self, name: &str) -> Result<Option<String>, ProviderError> {
-        let mut token: Option<String> = None;
-        for _ in 0..LIST_PAGES {
-            let mut query = vec![("pageSize", LIST_PAGE.to_string())];
-            query.extend(token.take().map(|t| ("pageToken", t)));
-            let page = self
-                .read(self.api.client.get(self.api.url("/v1beta/batches")).query(&query))
-                .await?;
-            if let Some(id) = named_in(&page, "operations", "/metadata/displayName", "name", name) {
-                return Ok(Some(checked_id(NAME, id, "batches/")?.to_owned()));
-            }
-            token = page.get("nextPageToken").and_then(Value::as_str).map(str::to_owned);
-            if token.as_deref().is_none_or(str::is_empty) {
-                break;
-            }
-        }
-        Ok(None)
+        let listing = Listing {
+            provider: NAME,
+            path: "/v1beta/batches",
+            size_param: "pageSize",
+            cursor_param: "pageToken",
+            items: "operations",
+            name_at: "/metadata/displayName",
+            id_field: "name",
+            id_prefix: "batches/",
+            next: |page| {
+                let token = page.get("nextPageToken").and_then(Value::as_str);
+                token.filter(|t| !t.is_empty()).map(str::to_owned)
+            },
+        };
+        self.find_listed(&listing, name, |request, key| request.header("x-goog-api-key", key))
+            .await
     }
 
     async fn status(&self, id: &str) -> Result<BatchStatus, ProviderError> {

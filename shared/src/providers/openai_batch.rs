@@ -10,15 +10,12 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::batch_http::{BatchClient, Lines, checked_id, named_in, opened, read_json, row_of};
+use super::batch_http::{BatchClient, Lines, Listing, checked_id, opened, read_json, row_of};
 use super::http::{json_error_message, snippet, status_error};
 use super::openai::{NAME, OpenAiProvider, generation_body};
 use super::{ImageRequest, ProviderError};
 use crate::ports::batch::{BatchApi, BatchResult, BatchState, BatchStatus};
 
-/// Batches listed a page (the most the API gives), and pages looked through to find one by name.
-const LIST_PAGE: usize = 100;
-const LIST_PAGES: usize = 20;
 /// The metadata key carrying the batch's name (OpenAI batches have no display name).
 const NAME_KEY: &str = "imagepipe_batch";
 /// How long a result line's image may take to decode (it is base64 in the line, never a URL).
@@ -119,22 +116,23 @@ impl BatchApi for OpenAiBatch {
     }
 
     async fn find(&self, name: &str) -> Result<Option<String>, ProviderError> {
-        let mut after: Option<String> = None;
-        for _ in 0..LIST_PAGES {
-            let mut query = vec![("limit", LIST_PAGE.to_string())];
-            query.extend(after.take().map(|a| ("after", a)));
-            let page = self
-                .read(self.api.client.get(self.api.url("/v1/batches")).query(&query))
-                .await?;
-            if let Some(id) = named_in(&page, "data", &format!("/metadata/{NAME_KEY}"), "id", name) {
-                return Ok(Some(checked_id(NAME, id, "")?.to_owned()));
-            }
-            if page.get("has_more").and_then(Value::as_bool) != Some(true) {
-                break;
-            }
-            after = page.get("last_id").and_then(Value::as_str).map(str::to_owned);
-        }
-        Ok(None)
+        let name_at = format!("/metadata/{NAME_KEY}");
+        let listing = Listing {
+            provider: NAME,
+            path: "/v1/batches",
+            size_param: "limit",
+            cursor_param: "after",
+            items: "data",
+            name_at: &name_at,
+            id_field: "id",
+            id_prefix: "",
+            next: |page| match page.get("has_more").and_then(Value::as_bool) {
+                Some(true) => page.get("last_id").and_then(Value::as_str).map(str::to_owned),
+                _ => None,
+            },
+        };
+        self.find_listed(&listing, name, |request, key| request.bearer_auth(key))
+            .await
     }
 
     async fn status(&self, id: &str) -> Result<BatchStatus, ProviderError> {

@@ -448,7 +448,7 @@ impl<S: ObjectStore, J: MessageQueue, E: MessageQueue> Batches<S, J, E> {
         let (tx, rx) = tokio::sync::mpsc::channel::<BatchResult>(1);
         let reading = api.results(status, tx);
         let mut answered = Vec::new();
-        let storing = tokio_stream_of(rx)
+        let storing = super::received(rx)
             .filter_map(|result| {
                 let job = jobs.remove(&result.row);
                 if job.is_none() {
@@ -635,10 +635,6 @@ fn json_object(record: &BatchRecord) -> NewObject {
         cache_control: None,
         metadata: vec![],
     }
-}
-
-fn tokio_stream_of<T: Send + 'static>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }
 
 #[cfg(test)]

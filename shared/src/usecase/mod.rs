@@ -22,6 +22,11 @@ use crate::ports::queue::QueueError;
 use crate::ports::store::StoreError;
 use crate::providers::{ProviderError, ProviderSetupError};
 
+/// What a channel receives, as a stream (rows read on a blocking thread, batch results).
+fn received<T: Send + 'static>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+}
+
 /// A use case could not finish: the provider or a port failed, or the input cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]

@@ -486,7 +486,7 @@ fn read_rows(
             }
         }
     });
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+    super::received(rx)
 }
 
 fn rejected(reason: String) -> SplitTotals {
